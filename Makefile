@@ -1,0 +1,53 @@
+# ddpm-course: the two commands are `make course` and `make test`.
+# Both create .venv (Python 3.11+) when it is missing and install what they need.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+RUN    ?= runs/digits
+PRESET ?= digits
+
+.PHONY: course test lab clean help
+
+help:
+	@echo "make course  train the default model, sample, evaluate (creates .venv)"
+	@echo "make test    run the whole test suite (creates .venv)"
+	@echo "make lab     open JupyterLab in notebooks/"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Runtime packages, and the package itself in editable mode so notebooks import ddpm_lib.
+$(VENV)/.runtime: requirements.txt pyproject.toml | $(PY)
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ddpm-course)" >/dev/null
+	touch $@
+
+$(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+course: $(VENV)/.runtime
+	@start=$$(date +%s); \
+	$(PY) -m ddpm_lib.train --config $(PRESET) --run-dir $(RUN) && \
+	$(PY) -m ddpm_lib.sample --run $(RUN) --per-class 8 && \
+	$(PY) -m ddpm_lib.sample --run $(RUN) --per-class 50 --name eval --quiet && \
+	$(PY) -m ddpm_lib.evaluate --run $(RUN) --samples $(RUN)/samples/eval.npz && \
+	echo "" && \
+	echo "Results ($$(( $$(date +%s) - start ))s):" && \
+	echo "  sample grid     $(RUN)/samples/grid.png" && \
+	echo "  samples         $(RUN)/samples/samples.npz" && \
+	echo "  metrics         $(RUN)/metrics.json" && \
+	echo "  training log    $(RUN)/log.jsonl" && \
+	echo "  EMA weights     $(RUN)/ema.pt"
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q
+
+lab: $(VENV)/.runtime
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf runs build

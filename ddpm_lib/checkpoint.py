@@ -1,0 +1,104 @@
+"""Checkpoints and run directories: atomic writes, clear errors on bad files.
+
+A run directory ``runs/<name>/`` holds::
+
+    config.yaml     the resolved configuration
+    snapshot.pt     the full training state (model, EMA, optimizer, step, RNG, config)
+    ema.pt          what sampling needs: EMA weights + config + class names
+    log.jsonl       one JSON object per logging step
+    samples/        samples.npz and PNG grids
+    metrics.json    evaluation results
+
+Every file is written to a temporary file in the same directory, flushed and
+fsync'd, then ``os.replace``d over the old one: a crash mid-save leaves the previous
+file intact, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, config_from_dict
+from .errors import DDPMError
+from .unet import ConditionalUNet, build_unet
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through :func:`atomic_write_bytes`."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(buffer.getvalue(), path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """``torch.load`` on the CPU, with a one-line error for a missing, truncated or foreign file."""
+    path = Path(path)
+    if not path.exists():
+        raise DDPMError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated zip, pickle garbage, ...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DDPMError(f"checkpoint {path} is corrupt or truncated ({reason}); "
+                        f"delete it or point at another run") from None
+    if not isinstance(state, dict) or "config" not in state:
+        raise DDPMError(f"{path} is not a ddpm_lib checkpoint (no 'config' entry)")
+    return state
+
+
+def ema_payload(cfg: Config, class_names: list[str], in_channels: int, ema_state: dict, step: int) -> dict:
+    """The self-describing sampling checkpoint (``ema.pt``)."""
+    return {
+        "config": cfg.to_dict(),
+        "class_names": list(class_names),
+        "in_channels": in_channels,
+        "step": step,
+        "model": ema_state,
+    }
+
+
+def load_run(run_dir: str | Path) -> tuple[ConditionalUNet, Config, list[str], dict]:
+    """Rebuild the EMA network of a run from ``run_dir/ema.pt`` alone.
+
+    Returns ``(model in eval mode on the CPU, config, class names, raw checkpoint)``.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DDPMError(f"run directory {run_dir} does not exist; train one with python -m ddpm_lib.train")
+    path = run_dir / "ema.pt"
+    if not path.exists():
+        raise DDPMError(f"{run_dir} has no ema.pt (weights); has its training finished? "
+                        f"resume it with python -m ddpm_lib.train --run-dir {run_dir}")
+    ckpt = load_checkpoint(path)
+    cfg = config_from_dict(ckpt["config"])
+    names = ckpt["class_names"]
+    model = build_unet(cfg.model, ckpt["in_channels"], len(names), cfg.data.img_size)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg, names, ckpt

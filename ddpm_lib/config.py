@@ -1,0 +1,301 @@
+"""Configuration: typed dataclasses, YAML presets and ``--set key=value`` overrides.
+
+A run is described by one :class:`Config`, built in three layers::
+
+    dataclass defaults  <-  ddpm_lib/configs/<preset>.yaml  <-  --set section.key=value
+
+Every key is checked: an unknown key gets the closest valid one suggested, a value
+of the wrong type is named with the type expected, and cross-field rules (the image
+size must divide by the U-Net's downsampling factor) are checked before any work
+starts. The resolved config is saved as ``config.yaml`` in the run directory, and in
+every checkpoint, so a checkpoint alone rebuilds its model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"  # digits | textures | folder
+    data_dir: str | None = None  # root/<class>/<image> tree, for dataset=folder
+    classes: list[str] | None = None  # keep only these class folders (None = all)
+    img_size: int = 16
+    per_class: int = 400  # textures: images generated per class
+    hflip: bool = False  # random horizontal flips while training
+    num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"  # tiny | cifar: fills the fields below that are left unset
+    base_channels: int | None = None
+    channel_mult: list[int] | None = None
+    num_res_blocks: int | None = None
+    attn_resolutions: list[int] | None = None  # feature-map sizes that get self-attention
+    num_heads: int | None = None
+    dropout: float | None = None
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "cosine"  # linear | cosine
+    timesteps: int = 1000
+    p_uncond: float = 0.1  # label dropout for classifier-free guidance
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # per rank
+    epochs: int = 50
+    max_steps: int = 0  # stop after this many optimizer steps (0: train all epochs)
+    lr: float = 1e-3
+    lr_warmup_steps: int = 100
+    lr_schedule: str = "cosine"  # constant | cosine (decay to lr_min_ratio * lr)
+    lr_min_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    ema_sync_every: int = 100
+    seed: int = 0
+    log_every: int = 25
+    snapshot_every: int = 500
+    threads: int = 0  # torch CPU threads (0: leave PyTorch's default)
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "ddim"  # ddpm | ddim
+    steps: int = 50  # DDIM steps (DDPM always runs the full chain)
+    eta: float = 0.0
+    guidance_scale: float = 2.0
+    per_class: int = 8
+    batch_size: int = 256
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    name: str = "base"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.dataset": ("digits", "textures", "folder"),
+    "model.preset": ("tiny", "cifar"),
+    "diffusion.schedule": ("linear", "cosine"),
+    "train.lr_schedule": ("constant", "cosine"),
+    "sample.sampler": ("ddpm", "ddim"),
+}
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(preset: str | Path = "base", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a validated :class:`Config` from a preset name (or a YAML path) and overrides.
+
+    ``overrides`` are ``"section.key=value"`` strings; values are parsed as YAML
+    (``[1, 2, 2]``, ``true``, ``null``) and then checked against the key's type.
+    """
+    raw = _read_preset(preset)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=1e-4")
+        section, _, name = key.strip().partition(".")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"override {item!r}: {section!r} is not a section")
+        raw[section][name] = yaml.safe_load(value) if value.strip() else None
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a nested dict (as read from YAML or a checkpoint) into a :class:`Config`."""
+    cfg = _build(Config, raw, prefix="")
+    _resolve_model_preset(cfg.model)
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += diff_configs(va, vb, prefix + k + ".")
+        elif va != vb:
+            keys.append(prefix + k)
+    return keys
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a single type check cannot do."""
+    for dotted, allowed in CHOICES.items():
+        section, name = dotted.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{dotted} must be one of {', '.join(allowed)}; got {value!r}")
+    d, m, t = cfg.data, cfg.model, cfg.train
+    if d.dataset == "folder" and not d.data_dir:
+        raise ConfigError("data.dataset=folder needs data.data_dir (set it with --set data.data_dir=PATH)")
+    factor = 2 ** (len(m.channel_mult) - 1)
+    if d.img_size < 8 or d.img_size % factor:
+        suggestion = max(factor * -(-8 // factor), round(d.img_size / factor) * factor)
+        raise ConfigError(
+            f"data.img_size={d.img_size} must be at least 8 and divisible by {factor}, the U-Net's "
+            f"downsampling factor for model.channel_mult={m.channel_mult}; try {suggestion}"
+        )
+    positive = {
+        "data.img_size": d.img_size, "data.per_class": d.per_class, "model.base_channels": m.base_channels,
+        "model.num_res_blocks": m.num_res_blocks, "model.num_heads": m.num_heads,
+        "diffusion.timesteps": cfg.diffusion.timesteps, "train.batch_size": t.batch_size,
+        "train.epochs": t.epochs, "train.lr": t.lr, "train.log_every": t.log_every,
+        "train.snapshot_every": t.snapshot_every, "sample.steps": cfg.sample.steps,
+        "sample.per_class": cfg.sample.per_class, "sample.batch_size": cfg.sample.batch_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive; got {value}")
+    if m.base_channels % m.num_heads:
+        raise ConfigError(f"model.base_channels={m.base_channels} must be divisible by model.num_heads={m.num_heads}")
+    for key, value in {"diffusion.p_uncond": cfg.diffusion.p_uncond, "train.ema_decay": t.ema_decay,
+                       "model.dropout": m.dropout, "sample.eta": cfg.sample.eta}.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key} must be between 0 and 1; got {value}")
+    if not 0 <= t.lr_min_ratio <= 1:
+        raise ConfigError(f"train.lr_min_ratio must be between 0 and 1; got {t.lr_min_ratio}")
+    if cfg.sample.steps > cfg.diffusion.timesteps:
+        raise ConfigError(f"sample.steps={cfg.sample.steps} cannot exceed diffusion.timesteps={cfg.diffusion.timesteps}")
+    for key in ("max_steps", "ema_sync_every", "threads", "lr_warmup_steps"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key} must be >= 0; got {getattr(t, key)}")
+    if d.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0; got {d.num_workers}")
+
+
+def _read_preset(preset: str | Path) -> dict[str, Any]:
+    path = Path(preset)
+    if path.suffix not in (".yaml", ".yml"):
+        path = PRESET_DIR / f"{preset}.yaml"
+        if not path.exists():
+            names = available_presets()
+            close = difflib.get_close_matches(str(preset), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown preset {str(preset)!r}{hint}; available: {', '.join(names)}")
+    elif not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, not {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    return raw
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``raw`` with every key and type checked."""
+    where = prefix.rstrip(".") or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"unknown config key {prefix}{key}{hint}")
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            values[key] = _build(hint_type, value, prefix + key + ".")
+        else:
+            values[key] = _coerce(value, hint_type, prefix + key)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a field's type, converting the obvious (``"1e-4"`` -> float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} expects a list like [1, 2], got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    expected = hint.__name__
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key} expects {expected}, got {value!r} ({type(value).__name__})")
+
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # ~1.5M parameters: a laptop CPU trains it on the embedded datasets in minutes.
+    "tiny": dict(base_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1,
+                 attn_resolutions=[8], num_heads=1, dropout=0.0),
+    # ~36M parameters: the size of the DDPM CIFAR-10 U-Net (Ho et al. 2020, 35.7M), for GPUs.
+    "cifar": dict(base_channels=128, channel_mult=[1, 2, 2, 2], num_res_blocks=2,
+                  attn_resolutions=[16], num_heads=1, dropout=0.1),
+}
+
+
+def _resolve_model_preset(model: ModelConfig) -> None:
+    if model.preset not in MODEL_PRESETS:
+        raise ConfigError(f"model.preset must be one of {', '.join(MODEL_PRESETS)}; got {model.preset!r}")
+    for key, value in MODEL_PRESETS[model.preset].items():
+        if getattr(model, key) is None:
+            setattr(model, key, value)

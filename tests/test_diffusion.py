@@ -1,0 +1,189 @@
+"""Forward noising, the loss, and both samplers (cross-checked step by step against diffusers)."""
+
+import pytest
+import torch
+from torch import nn
+
+from ddpm_lib.diffusion import (ddim_step, ddim_timesteps, ddpm_step, diffusion_loss, drop_labels, guided_eps,
+                                predict_x0, q_sample, sample)
+from ddpm_lib.schedules import cosine, linear
+
+diffusers = pytest.importorskip("diffusers")
+
+
+class LinearEps(nn.Module):
+    """A fixed, deterministic stand-in for a trained network: eps = a x + b t/T + c y."""
+
+    def __init__(self, null_class=3):
+        super().__init__()
+        self.null_class = null_class
+
+    def forward(self, x, t, y):
+        return 0.3 * x + 0.001 * t.float().view(-1, 1, 1, 1) - 0.1 * (y.float() - 1).view(-1, 1, 1, 1)
+
+
+def with_float64_tables(ref, schedule):
+    """Give a diffusers scheduler our float64 betas (checked equal to its own in test_schedules).
+
+    diffusers derives beta_t as 1 - alpha_bar_t / alpha_bar_{t-1} from a float32 cumulative
+    product, which loses ~3 digits where beta is ~1e-5 (the cosine schedule near t = 0); in
+    float64 the two implementations of the *step* can be compared tightly."""
+    ref.betas = schedule.betas.clone()
+    ref.alphas = 1.0 - ref.betas
+    ref.alphas_cumprod = torch.cumprod(ref.alphas, 0)
+    ref.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
+    return ref
+
+
+def test_q_sample_statistics():
+    s = cosine(1000)
+    x0 = torch.full((20000, 1, 1, 1), 0.5)
+    for step in (0, 300, 999):
+        t = torch.full((20000,), step)
+        x_t = q_sample(s, x0, t, torch.randn_like(x0))
+        ab = s.alpha_bar[step].item()
+        assert x_t.mean().item() == pytest.approx(ab**0.5 * 0.5, abs=0.02)
+        assert x_t.var().item() == pytest.approx(1 - ab, abs=0.03)
+
+
+def test_predict_x0_inverts_q_sample():
+    s = linear(1000)
+    x0, noise = torch.rand(4, 3, 8, 8) * 2 - 1, torch.randn(4, 3, 8, 8)
+    t = torch.tensor([0, 10, 500, 999])
+    torch.testing.assert_close(predict_x0(s, q_sample(s, x0, t, noise), t, noise), x0, atol=1e-3, rtol=0)
+
+
+def test_drop_labels_rate_and_null_value():
+    y = torch.zeros(10000, dtype=torch.long)
+    dropped = drop_labels(y, 0.25, null_class=7, generator=torch.Generator().manual_seed(0))
+    assert set(dropped.unique().tolist()) == {0, 7}
+    assert (dropped == 7).float().mean().item() == pytest.approx(0.25, abs=0.02)
+    assert torch.equal(drop_labels(y, 0.0, 7), y)
+
+
+def test_loss_uses_all_timesteps_including_zero():
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x, t, y):
+            seen.append(t)
+            return torch.zeros_like(x)
+
+    s = linear(10)
+    for _ in range(50):
+        diffusion_loss(Spy(), s, torch.zeros(16, 1, 4, 4), torch.zeros(16, dtype=torch.long), null_class=1)
+    assert set(torch.cat(seen).tolist()) == set(range(10))
+
+
+def test_loss_of_zero_predictor_is_noise_variance():
+    loss = diffusion_loss(lambda x, t, y: torch.zeros_like(x), cosine(100), torch.zeros(64, 3, 16, 16),
+                          torch.zeros(64, dtype=torch.long), null_class=1)
+    assert loss.item() == pytest.approx(1.0, abs=0.03)
+
+
+def test_guidance_combines_conditional_and_unconditional():
+    model = LinearEps(null_class=3)
+    x, t, y = torch.randn(2, 1, 4, 4), torch.tensor([5, 6]), torch.tensor([0, 2])
+    cond, uncond = model(x, t, y), model(x, t, torch.full_like(y, 3))
+    torch.testing.assert_close(guided_eps(model, x, t, y, 3, 1.0), cond)
+    torch.testing.assert_close(guided_eps(model, x, t, y, 3, 0.0), uncond)
+    torch.testing.assert_close(guided_eps(model, x, t, y, 3, 3.0), uncond + 3 * (cond - uncond))
+
+
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("name,beta_schedule", [("linear", "linear"), ("cosine", "squaredcos_cap_v2")])
+def test_ddpm_step_matches_diffusers(clip, name, beta_schedule):
+    s = linear(1000) if name == "linear" else cosine(1000)
+    ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule, clip_sample=clip,
+                                  variance_type="fixed_small")
+    ref.set_timesteps(1000)
+    with_float64_tables(ref, s)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for t in (999, 500, 37, 1, 0):
+        eps = torch.randn_like(x)
+        theirs = ref.step(eps, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+        ours, _ = ddpm_step(s, x, t, eps, noise, clip_x0=clip)
+        # our per-step tables are float32; near t = T they multiply x by 1/sqrt(alpha_bar) ~ 160
+        torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+@pytest.mark.parametrize("clip", [False, True])
+def test_ddim_step_matches_diffusers(eta, clip):
+    s = cosine(1000)
+    ref = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=clip,
+                                  timestep_spacing="trailing", set_alpha_to_one=True)
+    ref.set_timesteps(20)
+    with_float64_tables(ref, s)
+    ours_ts = ddim_timesteps(1000, 20)
+    assert ours_ts == ref.timesteps.tolist()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for i, t in enumerate(ours_ts):
+        eps = 0.5 * x + 0.1
+        theirs = ref.step(eps, t, x, eta=eta, use_clipped_model_output=True,
+                          generator=torch.Generator().manual_seed(i)).prev_sample
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+        t_prev = ours_ts[i + 1] if i + 1 < len(ours_ts) else -1
+        ours, _ = ddim_step(s, x, t, t_prev, eps, noise, eta=eta, clip_x0=clip)
+        torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-5)
+        x = ours
+
+
+def test_ddim_timesteps_trailing():
+    assert ddim_timesteps(1000, 4) == [999, 749, 499, 249]
+    assert ddim_timesteps(10, 10) == list(range(9, -1, -1))
+    with pytest.raises(ValueError):
+        ddim_timesteps(10, 11)
+
+
+def test_ddim_eta1_all_steps_equals_ddpm_ancestral():
+    """DDIM with eta = 1 over every step is the DDPM sampler (Song et al. 2021, sec. 4.1): same noise, same path;
+    with the noise switched off, both follow the deterministic DDPM mean path."""
+    s = cosine(50)
+    model = LinearEps()
+    y = torch.tensor([0, 1, 2])
+    a = sample(model, s, y, (1, 4, 4), null_class=3, sampler="ddpm", generator=torch.Generator().manual_seed(0))
+    b = sample(model, s, y, (1, 4, 4), null_class=3, sampler="ddim", steps=50, eta=1.0,
+               generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a.x, b.x, atol=1e-4, rtol=0)
+
+    x = torch.randn(3, 1, 4, 4)
+    x_ddpm, x_ddim = x.clone(), x.clone()
+    for t in range(49, -1, -1):
+        tt = torch.full((3,), t)
+        x_ddpm, _ = ddpm_step(s, x_ddpm, t, model(x_ddpm, tt, y), torch.zeros_like(x))
+        x_ddim, _ = ddim_step(s, x_ddim, t, t - 1, model(x_ddim, tt, y), None, eta=1.0)
+        torch.testing.assert_close(x_ddim, x_ddpm, atol=1e-4, rtol=0)
+
+
+def test_sample_is_seeded_and_leaves_global_rng_alone():
+    s = cosine(100)
+    model = LinearEps()
+    y = torch.tensor([0, 1])
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = sample(model, s, y, (1, 4, 4), 3, sampler="ddim", steps=10, eta=0.5, guidance_scale=2.0,
+               generator=torch.Generator().manual_seed(7))
+    assert torch.equal(before, torch.get_rng_state())
+    b = sample(model, s, y, (1, 4, 4), 3, sampler="ddim", steps=10, eta=0.5, guidance_scale=2.0,
+               generator=torch.Generator().manual_seed(7))
+    c = sample(model, s, y, (1, 4, 4), 3, sampler="ddim", steps=10, eta=0.5, guidance_scale=2.0,
+               generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+    assert a.x.shape == (2, 1, 4, 4) and a.x.abs().max() <= 1
+
+
+def test_trajectory_recording():
+    s = cosine(100)
+    r = sample(LinearEps(), s, torch.tensor([0, 1]), (1, 4, 4), 3, sampler="ddim", steps=10, record=[99, 49, 9],
+               generator=torch.Generator().manual_seed(0))
+    assert r.steps == [99, 49, 9]
+    assert len(r.xt) == len(r.x0) == 3 and r.xt[0].shape == (2, 1, 4, 4)
+    assert r.xt[0].std() > 0.5  # pure noise entering the first step
+    assert r.x0[-1].abs().max() <= 1
+
+
+def test_unknown_sampler():
+    with pytest.raises(ValueError, match="ddpm or ddim"):
+        sample(LinearEps(), cosine(10), torch.tensor([0]), (1, 4, 4), 3, sampler="euler")

@@ -1,0 +1,138 @@
+"""Training end to end on a tiny setting: outputs, exact resume, refusals, NaN handling."""
+
+import json
+
+import pytest
+import torch
+
+import ddpm_lib.train as train_module
+from conftest import TINY, assert_one_line_error, run_module
+from ddpm_lib.checkpoint import load_checkpoint, load_run
+from ddpm_lib.config import load_config
+from ddpm_lib.errors import DDPMError
+from ddpm_lib.train import lr_at, train
+
+
+def tiny_config(*extra):
+    return load_config("digits", [*TINY, "train.max_steps=20", "train.log_every=5", "train.snapshot_every=10", *extra])
+
+
+def test_train_writes_run_directory(tmp_path):
+    run = train(tiny_config(), tmp_path / "run", progress=False)
+    assert {"config.yaml", "snapshot.pt", "ema.pt", "log.jsonl"} <= {p.name for p in run.iterdir()}
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20]
+    assert {"step", "epoch", "loss", "lr", "grad_norm", "img_per_s", "seconds"} <= set(records[0])
+    assert all(r["loss"] > 0 for r in records)
+    model, cfg, names, ckpt = load_run(run)
+    assert names[:3] == ["zero", "one", "two"] and ckpt["step"] == 20 and cfg.data.img_size == 8
+    assert model(torch.zeros(1, 1, 8, 8), torch.tensor([3]), torch.tensor([10])).shape == (1, 1, 8, 8)
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    cfg = tiny_config("data.hflip=true")  # flips draw from the global RNG too
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "split", progress=False, stop_after=7)  # mid-epoch, between snapshots
+    assert load_checkpoint(tmp_path / "split" / "snapshot.pt")["state"]["step"] == 7
+    assert not (tmp_path / "split" / "ema.pt").exists()
+    train(cfg, tmp_path / "split", progress=False)
+    a, b = (load_checkpoint(tmp_path / d / "snapshot.pt") for d in ("straight", "split"))
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["ema"]["model"]:
+        assert torch.equal(a["ema"]["model"][key], b["ema"]["model"][key]), key
+
+
+def test_resume_across_epoch_boundary(tmp_path):
+    # 1797 digits / 32 = 56 batches per epoch: stop right at the boundary and resume
+    cfg = tiny_config("train.max_steps=60", "train.log_every=20", "train.snapshot_every=100")
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "split", progress=False, stop_after=56)
+    train(cfg, tmp_path / "split", progress=False)
+    a, b = (load_checkpoint(tmp_path / d / "snapshot.pt") for d in ("straight", "split"))
+    assert a["state"] == b["state"] == {"step": 60, "epoch": 1, "batch": 4}
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_resume_never_refuses_existing_run(tmp_path):
+    train(tiny_config("train.max_steps=5"), tmp_path / "run", progress=False)
+    with pytest.raises(DDPMError, match="already holds a trained run"):
+        train(tiny_config("train.max_steps=5"), tmp_path / "run", resume="never", progress=False)
+
+
+def test_resume_with_different_config_names_the_keys(tmp_path):
+    train(tiny_config("train.max_steps=5"), tmp_path / "run", progress=False)
+    with pytest.raises(DDPMError, match=r"train\.lr differ"):
+        train(tiny_config("train.max_steps=5", "train.lr=0.01"), tmp_path / "run", progress=False)
+    # changing only the length of the run is allowed: it continues
+    train(tiny_config("train.max_steps=8"), tmp_path / "run", progress=False)
+    assert load_checkpoint(tmp_path / "run" / "snapshot.pt")["state"]["step"] == 8
+
+
+def test_nan_loss_stops_and_keeps_last_good_snapshot(tmp_path, monkeypatch):
+    real_loss = train_module.diffusion_loss
+    calls = {"n": 0}
+
+    def flaky_loss(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 13 else loss
+
+    monkeypatch.setattr(train_module, "diffusion_loss", flaky_loss)
+    with pytest.raises(DDPMError, match=r"loss became nan within steps 11-15"):
+        train(tiny_config(), tmp_path / "run", progress=False)
+    snapshot = load_checkpoint(tmp_path / "run" / "snapshot.pt")
+    assert snapshot["state"]["step"] == 10
+    assert all(torch.isfinite(v).all() for v in snapshot["model"].values())
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = load_config("digits", ["train.lr=1e-3", "train.lr_warmup_steps=10", "train.lr_min_ratio=0.1"])
+    assert lr_at(0, 100, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, 100, cfg) == pytest.approx(1e-3)
+    assert lr_at(55, 100, cfg) == pytest.approx(0.55e-3)
+    assert lr_at(100, 100, cfg) == pytest.approx(1e-4)
+    const = load_config("digits", ["train.lr_schedule=constant", "train.lr_warmup_steps=0"])
+    assert lr_at(50, 100, const) == const.train.lr
+
+
+def test_cli_train_sample_evaluate(tmp_path):
+    run = tmp_path / "cli"
+    sets = [arg for item in TINY + ["train.max_steps=12"] for arg in ("--set", item)]
+    proc = run_module("train", "--config", "digits", *sets, "--run-dir", str(run))
+    assert proc.returncode == 0, proc.stderr
+    assert "[train] done: 12 steps" in proc.stdout
+    proc = run_module("sample", "--run", str(run), "--classes", "three", "7", "--per-class", "3", "--steps", "5")
+    assert proc.returncode == 0, proc.stderr
+    import numpy as np
+    with np.load(run / "samples" / "samples.npz") as f:
+        assert f["images"].shape == (6, 1, 8, 8) and f["images"].dtype == np.uint8
+        assert f["labels"].tolist() == [3, 3, 3, 7, 7, 7]
+    assert (run / "samples" / "grid.png").stat().st_size > 0
+    proc = run_module("evaluate", "--run", str(run))
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_samples"] == 6 and 0 <= metrics["class_accuracy"] <= 1
+    assert metrics["classifier_heldout_accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--config", "digitz"], ["unknown preset 'digitz'", "did you mean 'digits'"]),
+    (["--set", "train.lrr=1"], ["unknown config key train.lrr", "did you mean train.lr"]),
+    (["--set", "train.epochs=ten"], ["train.epochs expects int"]),
+    (["--set", "data.img_size=18"], ["divisible by 4"]),
+    (["--config", "dtd_full", "--set", "data.data_dir=/nonexistent/dtd"], ["/nonexistent/dtd", "does not exist"]),
+])
+def test_cli_train_bad_input(tmp_path, args, words):
+    proc = run_module("train", *args, "--run-dir", str(tmp_path / "r"))
+    assert_one_line_error(proc, *words)
+    assert not (tmp_path / "r" / "snapshot.pt").exists()
+
+
+def test_cli_sample_bad_input(tmp_path):
+    assert_one_line_error(run_module("sample", "--run", str(tmp_path / "nope")), "does not exist")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_module("sample", "--run", str(tmp_path / "empty")), "no ema.pt")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "ema.pt").write_bytes(b"PK\x03\x04 truncated")
+    assert_one_line_error(run_module("sample", "--run", str(tmp_path / "bad")), "corrupt or truncated")
