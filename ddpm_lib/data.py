@@ -1,18 +1,26 @@
-"""Datasets: two embedded ones that need no download, and any folder of class sub-folders.
+"""Datasets: two embedded ones that need no download, and any folder of images.
 
-- ``digits``: the 1,797 8x8 handwritten digits that scikit-learn ships inside its wheel
-  (Alpaydin & Kaynak 1998, UCI), 10 classes, resized to ``img_size``; 1 channel.
-- ``textures``: colour textures drawn by code (stripes, checks, dots, waves, bricks,
-  noise), random colours, scale, angle and phase per image, identical for the same
-  seed. The offline stand-in for the Describable Textures Dataset (Cimpoi et al. 2014).
-- ``folder``: any ``root/<class>/<image>`` tree, e.g. DTD's ``images/`` or Animals-10's
-  ``raw-img/``; each image is resized (shorter side) and centre-cropped to a square.
+Every loader returns an :class:`ImageData`: all images decoded once into memory as
+``uint8`` tensors of shape ``(N, C, H, W)`` with square images, ``int64`` labels and
+the class names. The model sees them as ``float32`` in ``[-1, 1]`` (:func:`to_float`).
 
-Everything is decoded once into memory as uint8 ``(N, C, H, W)`` in :class:`ImageData`;
-``ImageData.dataset()`` serves float32 images in [-1, 1] for training. Check a folder
-before training on it::
+``digits``
+    scikit-learn's bundled handwritten digits: 1,797 grayscale 8x8 images of 0-9
+    (values 0..16), resized to ``img_size``. Tiny, so a CPU trains on it in minutes.
+``textures``
+    Procedurally generated colour textures, an offline stand-in for the Describable
+    Textures Dataset (DTD): stripes, checks, dots, waves, bricks, noise, grid, zigzag.
+    Each image draws its own two contrasting colours, scale, orientation and phase,
+    so the class is the *pattern*, never the colour.
+``folder``
+    Any ``root/<class>/<image>`` tree, e.g. DTD's ``images/`` or Animals-10's
+    ``raw-img/``; the class is the sub-folder name.
 
-    python -m ddpm_lib.data check --data-dir path/to/dtd/images
+Before training on a folder, check it from a shell::
+
+    python -m ddpm_lib.data check --data-dir path/to/root
+
+which decodes every image and reports class counts, imbalance, sizes and bad files.
 """
 
 from __future__ import annotations
@@ -24,51 +32,48 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
+from .config import DataConfig
 from .errors import DataError, cli
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+GRAYSCALE_MODES = {"1", "L", "LA"}
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-TEXTURE_NAMES = ["stripes", "checks", "dots", "waves", "bricks", "noise"]
+CHECK_COMMAND = "python -m ddpm_lib.data check --data-dir"
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return images.float() / 127.5 - 1.0
+# ---------------------------------------------------------------------------------
+# The in-memory dataset
+# ---------------------------------------------------------------------------------
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """float [-1, 1] -> uint8 [0, 255] (clamped and rounded)."""
-    return ((images.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-
-
-class _TensorImages(torch.utils.data.Dataset):
-    """Items ``(float32 (C, H, W) in [-1, 1], int64 label)``, optionally flipped left-right."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, hflip: bool):
-        self.images, self.labels, self.hflip = images, labels, hflip
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        x = to_float(self.images[i])
-        if self.hflip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
-        return x, self.labels[i]
-
-
-@dataclass
+@dataclass(eq=False)
 class ImageData:
-    """A labelled image set held in memory."""
+    """A labelled image dataset held in memory.
 
-    images: torch.Tensor  # uint8 (N, C, H, W)
-    labels: torch.Tensor  # int64 (N,)
+    ``images``: uint8 ``(N, C, H, W)`` with ``C`` 1 or 3 and ``H == W``;
+    ``labels``: int64 ``(N,)`` with values ``0..len(class_names)-1``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
     class_names: list[str]
     name: str
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] not in (1, 3):
+            raise ValueError(f"images must be uint8 (N, 1|3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.images.shape[2] != self.images.shape[3]:
+            raise ValueError(f"images must be square, got {tuple(self.images.shape[2:])}")
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(f"need one label per image: {len(self.images)} images, labels {tuple(self.labels.shape)}")
+        self.labels = self.labels.long()
 
     @property
     def channels(self) -> int:
@@ -83,297 +88,515 @@ class ImageData:
         return len(self.class_names)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.images)
+
+    def __repr__(self) -> str:
+        return (f"ImageData({self.name!r}: {len(self)} images, {self.channels}x{self.img_size}x{self.img_size}, "
+                f"{self.num_classes} classes)")
 
     def class_counts(self) -> list[int]:
+        """Number of images of each class, in label order."""
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
     def subset(self, indices) -> ImageData:
-        indices = torch.as_tensor(indices, dtype=torch.long)
+        """The images at ``indices`` (a list, array, int64 tensor or boolean mask), same classes."""
+        indices = torch.as_tensor(indices)
+        if indices.dtype == torch.bool:
+            indices = indices.nonzero().flatten()
+        indices = indices.long()
         return ImageData(self.images[indices], self.labels[indices], list(self.class_names), self.name)
 
     def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[ImageData, ImageData]:
-        """A (train, test) split with ``test_fraction`` of every class in the test part."""
+        """Split into ``(train, test)``, stratified: each class is split separately.
+
+        Every class with at least two images lands in both parts. The split depends
+        only on ``seed``, and both parts keep the original image order.
+        """
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
         generator = torch.Generator().manual_seed(seed)
-        train_idx, test_idx = [], []
-        for c in range(self.num_classes):
-            members = torch.nonzero(self.labels == c).flatten()
+        train, test = [], []
+        for label in range(self.num_classes):
+            members = torch.nonzero(self.labels == label).flatten()
             members = members[torch.randperm(len(members), generator=generator)]
-            n_test = max(1, round(len(members) * test_fraction)) if len(members) > 1 else 0
-            test_idx.append(members[:n_test])
-            train_idx.append(members[n_test:])
-        return self.subset(torch.cat(train_idx).sort().values), self.subset(torch.cat(test_idx).sort().values)
+            n_test = min(max(round(len(members) * test_fraction), 1), len(members) - 1) if len(members) > 1 else 0
+            test.append(members[:n_test])
+            train.append(members[n_test:])
+        return self.subset(torch.cat(train).sort().values), self.subset(torch.cat(test).sort().values)
 
-    def dataset(self, hflip: bool = False) -> torch.utils.data.Dataset:
-        """A torch Dataset of ``(float32 (C, H, W) in [-1, 1], label)``; ``hflip`` flips half the
-        items left-right, drawing from torch's global RNG."""
-        return _TensorImages(self.images, self.labels, hflip)
+    def dataset(self, hflip: bool = False) -> Dataset:
+        """A torch ``Dataset`` of ``(float32 (C, H, W) in [-1, 1], int64 label)`` pairs.
 
-    def keep_classes(self, names: list[str]) -> ImageData:
-        """Only the classes ``names``, relabelled 0..K-1 in that order."""
-        missing = [n for n in names if n not in self.class_names]
-        if missing:
-            raise DataError(f"unknown classes {', '.join(missing)} in data.classes; "
-                            f"available: {', '.join(self.class_names)}")
-        old = torch.tensor([self.class_names.index(n) for n in names])
-        keep = torch.isin(self.labels, old)
-        relabel = torch.full((self.num_classes,), -1, dtype=torch.long)
-        relabel[old] = torch.arange(len(names))
-        return ImageData(self.images[keep], relabel[self.labels[keep]], list(names), self.name)
+        ``hflip`` mirrors each item left-right with probability 0.5 (drawn from
+        torch's global RNG, so ``torch.manual_seed`` makes it repeatable).
+        """
+        return ImageDataset(self.images, self.labels, hflip)
 
 
-def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize float images (N, C, H, W) to (N, C, size, size), antialiased when shrinking."""
-    if images.shape[-1] == size:
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=size < images.shape[-1])
+class ImageDataset(Dataset):
+    """Items of an :class:`ImageData`, converted to floats one at a time."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, hflip: bool = False):
+        self.images, self.labels, self.hflip = images, labels, hflip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = to_float(self.images[index])
+        if self.hflip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return image, self.labels[index]
+
+
+def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 in ``[0, 255]`` -> float32 in ``[-1, 1]``, any shape."""
+    if images_uint8.dtype != torch.uint8:
+        raise TypeError(f"to_float expects uint8 images, got {images_uint8.dtype}")
+    return images_uint8.float() / 127.5 - 1.0
+
+
+def to_uint8(images_float: torch.Tensor) -> torch.Tensor:
+    """float in ``[-1, 1]`` -> uint8 in ``[0, 255]``, any shape; clamped, then rounded."""
+    return ((images_float.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------
+# digits
+# ---------------------------------------------------------------------------------
 
 
 def load_digits(img_size: int = 16) -> ImageData:
-    """scikit-learn's bundled 8x8 digits (values 0..16), resized: uint8 (1797, 1, img_size, img_size)."""
-    from sklearn.datasets import load_digits as sklearn_digits
+    """scikit-learn's 1,797 handwritten digits, 1 channel, resized to ``img_size``.
+
+    Returns uint8 images ``(1797, 1, img_size, img_size)`` spanning ``0..255``.
+    """
+    from sklearn.datasets import load_digits as sklearn_digits  # imported here: sklearn is slow to import
 
     bunch = sklearn_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0
-    x = resize_square(x, img_size).clamp(0, 1)
-    images = (x * 255).round().to(torch.uint8)
-    return ImageData(images, torch.tensor(bunch.target, dtype=torch.long), list(DIGIT_NAMES), "digits")
+    images = torch.from_numpy(bunch.images).float().unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
+    if img_size != images.shape[-1]:
+        images = F.interpolate(images, size=(img_size, img_size), mode="bilinear",
+                               align_corners=False, antialias=img_size < images.shape[-1])
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    return ImageData(images, torch.from_numpy(bunch.target).long(), list(DIGIT_NAMES), "digits")
 
 
-def _texture_pattern(kind: str, u: torch.Tensor, v: torch.Tensor, params: torch.Tensor,
-                     generator: torch.Generator) -> torch.Tensor:
-    """The [0, 1] mask of one texture class. u, v: rotated, scaled coordinates (n, H, W)
-    measured in pattern periods; params: (n, 4) uniform random numbers per image."""
-    p = params[:, :, None, None].unbind(1)
-    if kind == "stripes":
-        return (torch.sin(2 * math.pi * u) > (p[0] - 0.5) * 0.8).float()
-    if kind == "checks":
-        return ((torch.floor(u).long() + torch.floor(v).long()) % 2).float()
-    if kind == "dots":
-        radius = 0.22 + 0.12 * p[0]
-        du, dv = u - torch.floor(u) - 0.5, v - torch.floor(v) - 0.5
-        return (du**2 + dv**2 < radius**2).float()
-    if kind == "waves":
-        wobble = 0.25 * (1 + p[0]) * torch.sin(2 * math.pi * v * (0.5 + 0.5 * p[1]))
-        return 0.5 + 0.5 * torch.sin(2 * math.pi * (u + wobble))
-    if kind == "bricks":
-        row = torch.floor(v * 2)
-        shifted = u + 0.5 * (row % 2)
-        mortar = ((shifted - torch.floor(shifted)) < 0.12) | ((v * 2 - row) < 0.18)
-        return (~mortar).float()
-    if kind == "noise":
-        n, h, w = u.shape
-        coarse = torch.rand((n, 1, max(2, h // 4), max(2, w // 4)), generator=generator)
-        fine = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-        return (fine - fine.amin((1, 2), keepdim=True)) / (fine.amax((1, 2), keepdim=True)
-                                                          - fine.amin((1, 2), keepdim=True) + 1e-6)
-    raise ValueError(kind)
+# ---------------------------------------------------------------------------------
+# textures
+# ---------------------------------------------------------------------------------
+# Each pattern maps n random images to a signed distance, in pixels, from the edge
+# of its foreground shape (positive inside). Clamping 0.5 + distance to [0, 1] gives
+# the foreground coverage of each pixel, i.e. a one-pixel anti-aliased edge.
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    """n random numbers in [low, high), shaped (n, 1, 1) to broadcast over an image."""
+    return low + (high - low) * torch.rand(n, 1, 1, generator=generator)
+
+
+def _rotated_coordinates(n: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates (u, v), each (n, size, size), about the centre, rotated by a random angle."""
+    centred = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    y, x = torch.meshgrid(centred, centred, indexing="ij")
+    angle = _uniform(n, 0, math.pi, generator)
+    return x * angle.cos() + y * angle.sin(), y * angle.cos() - x * angle.sin()
+
+
+def _distance_to_integer(t: torch.Tensor) -> torch.Tensor:
+    """How far t is from the nearest integer: a triangle wave in [0, 0.5]."""
+    return (t - t.round()).abs()
+
+
+def _stripes(n, size, g):
+    u, _ = _rotated_coordinates(n, size, g)
+    period = _uniform(n, 4, size / 2.5, g)
+    duty = _uniform(n, 0.35, 0.65, g)  # fraction of each period that is foreground
+    t = u / period + torch.rand(n, 1, 1, generator=g)
+    return (duty / 2 - _distance_to_integer(t)) * period
+
+
+def _waves(n, size, g):
+    u, v = _rotated_coordinates(n, size, g)
+    period = _uniform(n, 4, size / 3, g)
+    wavelength = _uniform(n, size / 2, size, g)  # long, smooth bends
+    amplitude = _uniform(n, 0.2, 0.35, g) * wavelength
+    u = u + amplitude * torch.sin(2 * math.pi * (v / wavelength + torch.rand(n, 1, 1, generator=g)))
+    t = u / period + torch.rand(n, 1, 1, generator=g)
+    return (0.25 - _distance_to_integer(t)) * period
+
+
+def _zigzag(n, size, g):
+    u, v = _rotated_coordinates(n, size, g)
+    period = _uniform(n, 4, size / 3, g)
+    wavelength = _uniform(n, size / 5, size / 2.5, g)  # short, sharp bends
+    amplitude = _uniform(n, 0.3, 0.5, g) * wavelength
+    triangle = 4 * _distance_to_integer(v / wavelength + torch.rand(n, 1, 1, generator=g)) - 1  # in [-1, 1]
+    t = (u + amplitude * triangle) / period + torch.rand(n, 1, 1, generator=g)
+    return (0.25 - _distance_to_integer(t)) * period
+
+
+def _checks(n, size, g):
+    u, v = _rotated_coordinates(n, size, g)
+    cell = _uniform(n, 3.5, size / 3, g)
+    a = u / cell + torch.rand(n, 1, 1, generator=g)
+    b = v / cell + torch.rand(n, 1, 1, generator=g)
+    sign = 1 - 2 * ((a.floor() + b.floor()) % 2)  # +1 on "black" squares, -1 on "white"
+    return sign * torch.minimum(_distance_to_integer(a), _distance_to_integer(b)) * cell
+
+
+def _grid(n, size, g):
+    u, v = _rotated_coordinates(n, size, g)
+    cell = _uniform(n, 5, size / 2.5, g)
+    half_width = _uniform(n, 0.6, 1.2, g)
+    a = u / cell + torch.rand(n, 1, 1, generator=g)
+    b = v / cell + torch.rand(n, 1, 1, generator=g)
+    return half_width - torch.minimum(_distance_to_integer(a), _distance_to_integer(b)) * cell
+
+
+def _dots(n, size, g):
+    u, v = _rotated_coordinates(n, size, g)
+    cell = _uniform(n, 5, size / 2.5, g)
+    radius = _uniform(n, 0.2, 0.32, g)  # in cells
+    a = _distance_to_integer(u / cell + torch.rand(n, 1, 1, generator=g))
+    b = _distance_to_integer(v / cell + torch.rand(n, 1, 1, generator=g))
+    return (radius - (a**2 + b**2).sqrt()) * cell
+
+
+def _bricks(n, size, g):
+    u, v = _rotated_coordinates(n, size, g)
+    height = _uniform(n, 4, size / 3, g)
+    length = height * _uniform(n, 1.8, 2.5, g)
+    half_mortar = _uniform(n, 0.5, 0.9, g)
+    row = v / height + torch.rand(n, 1, 1, generator=g)
+    column = u / length + 0.5 * (row.floor() % 2) + torch.rand(n, 1, 1, generator=g)  # odd rows shift half a brick
+    joint = torch.minimum(_distance_to_integer(row) * height, _distance_to_integer(column) * length)
+    return half_mortar - joint
+
+
+def _noise(n, size, g):
+    # White noise blurred with a Gaussian (a product in Fourier space): random blobs.
+    white = torch.randn(n, size, size, generator=g)
+    frequency = torch.fft.fftfreq(size)
+    radius2 = frequency[:, None] ** 2 + frequency[None, :] ** 2
+    sigma = _uniform(n, size / 20, size / 10, g)
+    blobs = torch.fft.ifft2(torch.fft.fft2(white) * torch.exp(-2 * (math.pi * sigma) ** 2 * radius2)).real
+    return 1.5 * blobs / blobs.std(dim=(1, 2), keepdim=True)
+
+
+TEXTURE_PATTERNS = {
+    "stripes": _stripes, "checks": _checks, "dots": _dots, "waves": _waves,
+    "bricks": _bricks, "noise": _noise, "grid": _grid, "zigzag": _zigzag,
+}
+TEXTURE_CLASSES = list(TEXTURE_PATTERNS)
+
+
+def _contrasting_colours(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground and background RGB colours, each (n, 3, 1, 1) in [0, 1].
+
+    One colour is light (every channel >= 0.6), the other dark (<= 0.4), and which
+    of the two is the foreground is a coin flip.
+    """
+    light = 0.6 + 0.4 * torch.rand(n, 3, 1, 1, generator=g)
+    dark = 0.4 * torch.rand(n, 3, 1, 1, generator=g)
+    light_foreground = torch.rand(n, 1, 1, 1, generator=g) < 0.5
+    return torch.where(light_foreground, light, dark), torch.where(light_foreground, dark, light)
 
 
 def make_textures(img_size: int = 32, per_class: int = 400, seed: int = 0) -> ImageData:
-    """Procedural colour textures: uint8 (6 * per_class, 3, img_size, img_size), classes
-    ``TEXTURE_NAMES``. Each image draws its two colours (kept apart in brightness so the
-    pattern shows), period, angle, phase and shape parameters from a generator seeded
-    with ``seed``: the class is the pattern, never the colour."""
+    """Generate ``per_class`` colour textures of each class in :data:`TEXTURE_CLASSES`.
+
+    Returns uint8 images ``(per_class * 8, 3, img_size, img_size)``, grouped by class.
+    The same ``seed`` always gives the same images.
+    """
     generator = torch.Generator().manual_seed(seed)
-    coords = (torch.arange(img_size, dtype=torch.float32) + 0.5) / img_size
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     images, labels = [], []
-    for label, kind in enumerate(TEXTURE_NAMES):
-        n = per_class
-        rand = lambda *shape: torch.rand(shape, generator=generator)  # noqa: E731
-        periods = 3 + 4 * rand(n, 1, 1)  # pattern repeats 3-7 times across the image
-        angle = math.pi * rand(n, 1, 1)
-        if kind in ("checks", "bricks"):
-            angle = angle * 0.15  # near axis-aligned: these read best straight
-        phase_u, phase_v = rand(n, 1, 1), rand(n, 1, 1)
-        u = (xx * torch.cos(angle) + yy * torch.sin(angle)) * periods + phase_u
-        v = (-xx * torch.sin(angle) + yy * torch.cos(angle)) * periods + phase_v
-        mask = _texture_pattern(kind, u, v, rand(n, 4), generator)
-        dark = 0.45 * rand(n, 3)  # a dark and a light colour, random hues
-        light = 0.55 + 0.45 * rand(n, 3)
-        swap = rand(n, 1) < 0.5
-        fg, bg = torch.where(swap, dark, light), torch.where(swap, light, dark)
-        img = bg[:, :, None, None] + (fg - bg)[:, :, None, None] * mask[:, None]
-        img = img + 0.03 * torch.randn(img.shape, generator=generator)  # sensor-like jitter
-        images.append((img.clamp(0, 1) * 255).round().to(torch.uint8))
-        labels.append(torch.full((n,), label, dtype=torch.long))
-    return ImageData(torch.cat(images), torch.cat(labels), list(TEXTURE_NAMES), "textures")
+    for label, pattern in enumerate(TEXTURE_PATTERNS.values()):
+        coverage = (0.5 + pattern(per_class, img_size, generator)).clamp(0, 1).unsqueeze(1)  # (N, 1, H, W)
+        foreground, background = _contrasting_colours(per_class, generator)
+        image = background + (foreground - background) * coverage
+        image = image + 0.03 * torch.randn(image.shape, generator=generator)  # a little sensor noise
+        images.append((image.clamp(0, 1) * 255).round().to(torch.uint8))
+        labels.append(torch.full((per_class,), label, dtype=torch.long))
+    return ImageData(torch.cat(images), torch.cat(labels), list(TEXTURE_CLASSES), "textures")
+
+
+# ---------------------------------------------------------------------------------
+# folders of images
+# ---------------------------------------------------------------------------------
 
 
 def _class_folders(root: Path) -> list[Path]:
+    """The visible sub-folders of ``root``, sorted by name; DataError if there are none."""
     if not root.exists():
-        raise DataError(f"data directory {root} does not exist; download the dataset or fix data.data_dir")
+        raise DataError(f"data folder {root} does not exist; check the path given to --data-dir / data.data_dir")
     if not root.is_dir():
-        raise DataError(f"data directory {root} is not a directory")
+        raise DataError(f"{root} is a file, not a folder; point --data-dir at a folder laid out as root/<class>/<image>")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise DataError(f"{root} has no class folders; expected the layout root/<class>/<image>")
+        raise DataError(f"{root} has no class sub-folders; expected the layout root/<class>/<image>, "
+                        f"e.g. {root / 'cat' / '0001.jpg'}")
     return folders
 
 
 def _image_files(folder: Path) -> tuple[list[Path], int]:
-    """(image files, number of other files) directly inside ``folder``."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    return images, len(files) - len(images)
+    """Image files directly inside ``folder`` (sorted) and the number of other files ignored."""
+    images, ignored = [], 0
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(path)
+        else:
+            ignored += 1
+    return images, ignored
 
 
-def _decode(path: Path) -> Image.Image:
-    """Open and fully decode an image (``load`` catches truncated files that ``open`` misses)."""
-    with Image.open(path) as img:
-        img.load()
-        return img.copy()
+def _select_folders(folders: list[Path], classes: list[str], root: Path) -> list[Path]:
+    by_name = {folder.name: folder for folder in folders}
+    missing = [name for name in classes if name not in by_name]
+    if missing:
+        raise DataError(f"class folder(s) {', '.join(missing)} not found in {root}; "
+                        f"available: {', '.join(by_name)}")
+    return [by_name[name] for name in dict.fromkeys(classes)]
+
+
+def _describe(error: Exception) -> str:
+    """One-line reason for a failed decode, e.g. 'OSError: image file is truncated'."""
+    message = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _resize_and_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize so the shorter side is ``size`` (bicubic, antialiased), then crop the centre square."""
+    width, height = image.size
+    scale = size / min(width, height)
+    width, height = max(size, round(width * scale)), max(size, round(height * scale))
+    image = image.resize((width, height), Image.Resampling.BICUBIC)
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def _decode(path: Path, size: int) -> Image.Image:
+    """Open, fully decode, and square one image; returns a PIL image in mode L or RGB."""
+    with Image.open(path) as image:
+        image.draft(None, (2 * size, 2 * size))  # JPEGs only: decode at reduced scale, much faster
+        image.load()  # decode now, so that truncated files fail here
+        image = image.convert("L" if image.mode in GRAYSCALE_MODES else "RGB")
+    return _resize_and_crop(image, size)
 
 
 def load_folder(root, img_size: int, classes: list[str] | None = None, progress: bool = True) -> ImageData:
-    """Every image under ``root/<class>/`` as uint8 (N, C, img_size, img_size): shorter side resized
-    to ``img_size``, centre-cropped. C is 1 when every image is greyscale, else 3."""
+    """Load a ``root/<class>/<image>`` tree into memory, one class per sub-folder.
+
+    Classes are the sub-folder names, sorted (or in the order of ``classes``, which
+    keeps only those folders). Each image is resized so its shorter side is
+    ``img_size`` and centre-cropped to a square. Images are RGB, ``(N, 3, S, S)``
+    uint8, unless every image is grayscale, then ``(N, 1, S, S)``.
+    Raises DataError for a missing root, missing or empty class folders and any
+    unreadable image.
+    """
     root = Path(root)
     folders = _class_folders(root)
     if classes is not None:
-        names = [f.name for f in folders]
-        missing = [c for c in classes if c not in names]
-        if missing:
-            raise DataError(f"class folders {', '.join(missing)} not found in {root}; available: {', '.join(names)}")
-        folders = [root / c for c in classes]
+        folders = _select_folders(folders, classes, root)
     files, labels = [], []
     for label, folder in enumerate(folders):
         images, _ = _image_files(folder)
         if not images:
-            raise DataError(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
-                            f"add images or remove the folder")
+            nested = any(p.is_dir() for p in folder.iterdir())
+            hint = f"; it has sub-folders: did you mean --data-dir {folder}?" if nested else \
+                "; add images or leave the class out with data.classes"
+            raise DataError(f"class folder {folder} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
         files += images
         labels += [label] * len(images)
+
     decoded = []
-    iterator = files
-    if progress and len(files) > 200:
-        from tqdm.auto import tqdm
-        iterator = tqdm(files, desc=f"decoding {root.name}", unit="img", file=sys.stdout, mininterval=2.0)
-    for path in iterator:
+    for path in tqdm(files, desc=f"loading {root.name}", unit="img", disable=not progress or len(files) <= 200):
         try:
-            img = _decode(path)
-        except Exception as err:
-            raise DataError(f"cannot read image {path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                            f"run python -m ddpm_lib.data check --data-dir {root}") from None
-        decoded.append(img)
-    grey = all(img.mode in ("L", "1", "I;16", "I") for img in decoded)
-    arrays = []
-    for img in decoded:
-        img = img.convert("L" if grey else "RGB")
-        img = ImageOps.fit(img, (img_size, img_size), method=Image.BICUBIC)
-        t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-        arrays.append(t.view(img_size, img_size, -1).permute(2, 0, 1))
-    return ImageData(torch.stack(arrays), torch.tensor(labels, dtype=torch.long), [f.name for f in folders], root.name)
+            decoded.append(_decode(path, img_size))
+        except Exception as error:  # PIL raises many types: OSError, SyntaxError, ValueError, ...
+            raise DataError(f"cannot read image {path} ({_describe(error)}); list every bad file with: "
+                            f"{CHECK_COMMAND} {root}") from None
+
+    all_grayscale = all(image.mode == "L" for image in decoded)
+    arrays = [np.asarray(image if all_grayscale else image.convert("RGB")) for image in decoded]
+    images = torch.from_numpy(np.stack(arrays))  # (N, S, S) or (N, S, S, 3)
+    images = images.unsqueeze(1) if all_grayscale else images.permute(0, 3, 1, 2).contiguous()
+    return ImageData(images, torch.tensor(labels, dtype=torch.long), [f.name for f in folders], root.name)
 
 
-def load_data(cfg, progress: bool = True) -> ImageData:
-    """The dataset a ``config.DataConfig`` names, filtered to ``cfg.classes`` if given."""
+# ---------------------------------------------------------------------------------
+# one entry point for the training code
+# ---------------------------------------------------------------------------------
+
+
+def _keep_classes(data: ImageData, classes: list[str]) -> ImageData:
+    """Only the named classes, relabelled 0..K-1 in the order given."""
+    unknown = [name for name in classes if name not in data.class_names]
+    if unknown:
+        raise DataError(f"unknown class(es) {', '.join(unknown)} for dataset {data.name}; "
+                        f"valid: {', '.join(data.class_names)}")
+    classes = list(dict.fromkeys(classes))
+    old_labels = torch.tensor([data.class_names.index(name) for name in classes])
+    kept = data.subset(torch.isin(data.labels, old_labels))
+    new_label = torch.full((data.num_classes,), -1, dtype=torch.long)
+    new_label[old_labels] = torch.arange(len(classes))
+    return ImageData(kept.images, new_label[kept.labels], classes, data.name)
+
+
+def load_data(cfg: DataConfig, progress: bool = True) -> ImageData:
+    """The dataset that ``cfg`` describes, with ``cfg.classes`` (if set) kept in that order.
+
+    Textures always use seed 0, so every run of a config sees the same images.
+    """
+    if cfg.classes is not None and not cfg.classes:
+        raise DataError("data.classes is an empty list; use null to keep every class")
+    if cfg.dataset == "folder":
+        if not cfg.data_dir:
+            raise DataError("data.dataset=folder needs data.data_dir (set it with --set data.data_dir=PATH)")
+        return load_folder(cfg.data_dir, cfg.img_size, cfg.classes, progress)
     if cfg.dataset == "digits":
         data = load_digits(cfg.img_size)
     elif cfg.dataset == "textures":
         data = make_textures(cfg.img_size, cfg.per_class, seed=0)
-    elif cfg.dataset == "folder":
-        return load_folder(cfg.data_dir, cfg.img_size, cfg.classes, progress)
     else:
         raise DataError(f"unknown dataset {cfg.dataset!r}; choose digits, textures or folder")
-    return data.keep_classes(cfg.classes) if cfg.classes else data
+    return data if cfg.classes is None else _keep_classes(data, cfg.classes)
+
+
+# ---------------------------------------------------------------------------------
+# checking a folder before training on it
+# ---------------------------------------------------------------------------------
 
 
 @dataclass
 class DataReport:
-    """What :func:`check_data` found in a folder dataset."""
+    """What :func:`check_data` found in a ``root/<class>/<image>`` tree.
+
+    ``class_counts`` counts the images that decoded; ``unreadable`` lists
+    ``(path, reason)`` for the others; ``sizes`` counts ``(width, height)`` and
+    ``modes`` PIL colour modes of the readable images; ``ignored`` counts non-image files.
+    """
 
     root: str
     class_counts: dict[str, int]
-    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    sizes: Counter = field(default_factory=Counter)  # (width, height) -> count
-    modes: Counter = field(default_factory=Counter)  # PIL mode -> count
-    ignored: int = 0  # files that are not images
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    sizes: Counter = field(default_factory=Counter)
+    modes: Counter = field(default_factory=Counter)
+    ignored: int = 0
 
     @property
     def imbalance_ratio(self) -> float:
-        """Largest class count over the smallest (inf if a class is empty)."""
+        """Largest class count over smallest; ``inf`` if some class is empty."""
         counts = list(self.class_counts.values())
         return math.inf if min(counts) == 0 else max(counts) / min(counts)
 
     @property
-    def ok(self) -> bool:
-        return not self.unreadable and min(self.class_counts.values()) > 0
+    def empty_classes(self) -> list[str]:
+        return [name for name, count in self.class_counts.items() if count == 0]
+
+    @property
+    def problems(self) -> list[str]:
+        """What must be fixed before training; empty when the folder is usable."""
+        problems = []
+        if self.unreadable:
+            problems.append(f"{len(self.unreadable)} unreadable file(s)")
+        if self.empty_classes:
+            problems.append(f"{len(self.empty_classes)} empty class folder(s): {', '.join(self.empty_classes)}")
+        return problems
 
 
-def check_data(root, progress: bool = False) -> DataReport:
-    """Decode every image under ``root/<class>/`` and report counts, sizes, modes and failures."""
+def check_data(root) -> DataReport:
+    """Decode every image under ``root/<class>/`` and report what was found.
+
+    Raises DataError only if ``root`` is missing, not a folder, or has no class
+    folders; empty classes and bad files end up in the report.
+    """
     root = Path(root)
     report = DataReport(str(root), {})
     for folder in _class_folders(root):
-        images, ignored = _image_files(folder)
+        files, ignored = _image_files(folder)
         report.ignored += ignored
-        readable = 0
-        for path in images:
+        report.class_counts[folder.name] = 0
+        for path in files:
             try:
-                img = _decode(path)
-            except Exception as err:
-                report.unreadable.append((str(path), f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
-                continue
-            readable += 1
-            report.sizes[img.size] += 1
-            report.modes[img.mode] += 1
-        report.class_counts[folder.name] = readable
+                with Image.open(path) as image:
+                    image.load()
+                    report.sizes[image.size] += 1
+                    report.modes[image.mode] += 1
+                report.class_counts[folder.name] += 1
+            except Exception as error:
+                report.unreadable.append((str(path), _describe(error)))
     return report
 
 
-def format_report(report: DataReport) -> str:
-    """A human-readable summary of a :class:`DataReport`."""
-    counts = report.class_counts
-    width = max(len(n) for n in counts)
-    most = max(counts.values()) or 1
-    lines = [f"dataset {report.root}: {len(counts)} classes, {sum(counts.values())} readable images", ""]
-    for name in sorted(counts):
-        lines.append(f"  {name:<{width}}  {counts[name]:>6}  {'#' * round(30 * counts[name] / most)}")
-    ratio = report.imbalance_ratio
-    lines += ["", f"imbalance ratio (largest / smallest class): {'inf (an empty class)' if math.isinf(ratio) else f'{ratio:.2f}'}"]
-    if report.sizes:
-        lines.append("most common sizes: " + ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common(5)))
-        lines.append("modes: " + ", ".join(f"{m} ({n})" for m, n in report.modes.most_common()))
+def format_report(report: DataReport, bar_width: int = 30) -> str:
+    """The report as text: a class table with bars, sizes, modes, bad files, a verdict."""
+    counts = dict(sorted(report.class_counts.items()))
+    largest = max(max(counts.values()), 1)
+    name_width = max(len("class"), *(len(name) for name in counts))
+    lines = [f"data folder: {report.root}", f"  {'class':<{name_width}}  {'images':>7}"]
+    for name, count in counts.items():
+        lines.append(f"  {name:<{name_width}}  {count:>7}  {'#' * round(bar_width * count / largest)}")
+    lines.append(f"  {'total':<{name_width}}  {sum(counts.values()):>7}  ({len(counts)} classes)")
+    lines.append(f"imbalance ratio: {report.imbalance_ratio:.2f} (largest class / smallest class)")
+    common_sizes = ", ".join(f"{w}x{h}: {n}" for (w, h), n in report.sizes.most_common(5))
+    other_sizes = len(report.sizes) - min(len(report.sizes), 5)
+    lines.append(f"image sizes (w x h): {common_sizes or '-'}" + (f" (+{other_sizes} other sizes)" if other_sizes else ""))
+    lines.append("colour modes: " + (", ".join(f"{mode}: {n}" for mode, n in report.modes.most_common()) or "-"))
     if report.ignored:
-        lines.append(f"ignored {report.ignored} non-image files")
+        lines.append(f"ignored {report.ignored} non-image file(s)")
     if report.unreadable:
-        lines.append(f"{len(report.unreadable)} unreadable files:")
-        lines += [f"  {path}: {reason}" for path, reason in report.unreadable]
-    problems = []
-    if report.unreadable:
-        problems.append(f"{len(report.unreadable)} unreadable files (delete or replace them)")
-    empty = [n for n, c in counts.items() if c == 0]
-    if empty:
-        problems.append(f"empty classes: {', '.join(sorted(empty))} (add images or remove the folders)")
-    lines.append("OK" if not problems else "PROBLEMS: " + "; ".join(problems))
+        lines.append(f"unreadable files ({len(report.unreadable)}):")
+        lines += [f"  {path}  --  {reason}" for path, reason in report.unreadable]
+    lines.append("PROBLEMS: " + "; ".join(report.problems) if report.problems else "OK")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------
+
+
+def _save_examples(data: ImageData, per_class: int, out: str) -> None:
+    """Save a grid with one row of ``per_class`` examples per class as a PNG."""
+    from torchvision.utils import make_grid
+
+    per_class = min(per_class, *data.class_counts())
+    picks = torch.cat([torch.nonzero(data.labels == k).flatten()[:per_class] for k in range(data.num_classes)])
+    grid = make_grid(data.images[picks], nrow=per_class, padding=1)  # uint8 (3, H, W)
+    image = Image.fromarray(grid.permute(1, 2, 0).numpy())
+    zoom = max(1, 64 // data.img_size)  # small images are hard to see: enlarge, keeping pixels sharp
+    image = image.resize((image.width * zoom, image.height * zoom), Image.Resampling.NEAREST)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    print(f"saved {out}: one row per class ({', '.join(data.class_names)}), {per_class} examples each")
 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ddpm_lib.data", description="Inspect datasets.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="report class counts, imbalance, sizes and unreadable files of a folder")
-    check.add_argument("--data-dir", required=True, help="root of a root/<class>/<image> tree")
-    show = sub.add_parser("show", help="save a grid of examples per class")
-    show.add_argument("--dataset", choices=("digits", "textures"), default="digits")
-    show.add_argument("--img-size", type=int, default=None)
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="decode every image of a root/<class>/<image> folder and report")
+    check.add_argument("--data-dir", required=True, help="the root folder")
+    show = commands.add_parser("show", help="save a grid of examples of each class")
+    show.add_argument("--dataset", choices=["digits", "textures", "folder"], default="digits")
+    show.add_argument("--data-dir", help="the root folder, for --dataset folder")
+    show.add_argument("--img-size", type=int, help="default: 16 for digits, 32 otherwise")
     show.add_argument("--per-class", type=int, default=8)
-    show.add_argument("--out", default="dataset.png")
+    show.add_argument("--out", default="grid.png")
     args = parser.parse_args(argv)
+
     if args.command == "check":
         report = check_data(args.data_dir)
         print(format_report(report))
-        sys.exit(0 if report.ok else 1)
-    from .viz import class_grid
-
-    data = load_digits(args.img_size or 16) if args.dataset == "digits" else make_textures(args.img_size or 32, 50)
-    picks = torch.cat([torch.nonzero(data.labels == c).flatten()[:args.per_class] for c in range(data.num_classes)])
-    class_grid(data.images[picks], data.labels[picks], data.class_names).save(args.out)
-    print(f"saved {args.out}")
+        if report.problems:
+            sys.exit(1)
+    else:
+        img_size = args.img_size or (16 if args.dataset == "digits" else 32)
+        data = load_data(DataConfig(dataset=args.dataset, data_dir=args.data_dir, img_size=img_size))
+        _save_examples(data, args.per_class, args.out)
 
 
 if __name__ == "__main__":
