@@ -9,7 +9,7 @@ the class names. The model sees them as ``float32`` in ``[-1, 1]`` (:func:`to_fl
     (values 0..16), resized to ``img_size``. Tiny, so a CPU trains on it in minutes.
 ``textures``
     Procedurally generated colour textures, an offline stand-in for the Describable
-    Textures Dataset (DTD): stripes, checks, dots, waves, bricks, noise, grid, zigzag.
+    Textures Dataset (DTD): stripes, checks, dots, waves, bricks, noise.
     Each image draws its own two contrasting colours, scale, orientation and phase,
     so the class is the *pattern*, never the colour.
 ``folder``
@@ -43,7 +43,6 @@ from .config import DataConfig
 from .errors import DataError, cli
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-GRAYSCALE_MODES = {"1", "L", "LA"}
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 CHECK_COMMAND = "python -m ddpm_lib.data check --data-dir"
 
@@ -123,6 +122,19 @@ class ImageData:
             test.append(members[:n_test])
             train.append(members[n_test:])
         return self.subset(torch.cat(train).sort().values), self.subset(torch.cat(test).sort().values)
+
+    def keep_classes(self, names: list[str]) -> ImageData:
+        """Only the classes in ``names``, relabelled 0..K-1 in the order of ``names``."""
+        unknown = [name for name in names if name not in self.class_names]
+        if unknown:
+            raise DataError(f"unknown class(es) {', '.join(unknown)} for dataset {self.name}; "
+                            f"valid: {', '.join(self.class_names)}")
+        names = list(dict.fromkeys(names))
+        old_labels = torch.tensor([self.class_names.index(name) for name in names], dtype=torch.long)
+        kept = self.subset(torch.isin(self.labels, old_labels))
+        new_label = torch.full((self.num_classes,), -1, dtype=torch.long)
+        new_label[old_labels] = torch.arange(len(names))
+        return ImageData(kept.images, new_label[kept.labels], names, self.name)
 
     def dataset(self, hflip: bool = False) -> Dataset:
         """A torch ``Dataset`` of ``(float32 (C, H, W) in [-1, 1], int64 label)`` pairs.
@@ -226,38 +238,19 @@ def _waves(n, size, g):
     return (0.25 - _distance_to_integer(t)) * period
 
 
-def _zigzag(n, size, g):
-    u, v = _rotated_coordinates(n, size, g)
-    period = _uniform(n, 4, size / 3, g)
-    wavelength = _uniform(n, size / 5, size / 2.5, g)  # short, sharp bends
-    amplitude = _uniform(n, 0.3, 0.5, g) * wavelength
-    triangle = 4 * _distance_to_integer(v / wavelength + torch.rand(n, 1, 1, generator=g)) - 1  # in [-1, 1]
-    t = (u + amplitude * triangle) / period + torch.rand(n, 1, 1, generator=g)
-    return (0.25 - _distance_to_integer(t)) * period
-
-
 def _checks(n, size, g):
     u, v = _rotated_coordinates(n, size, g)
-    cell = _uniform(n, 3.5, size / 3, g)
+    cell = _uniform(n, 4, size / 3, g)
     a = u / cell + torch.rand(n, 1, 1, generator=g)
     b = v / cell + torch.rand(n, 1, 1, generator=g)
     sign = 1 - 2 * ((a.floor() + b.floor()) % 2)  # +1 on "black" squares, -1 on "white"
     return sign * torch.minimum(_distance_to_integer(a), _distance_to_integer(b)) * cell
 
 
-def _grid(n, size, g):
-    u, v = _rotated_coordinates(n, size, g)
-    cell = _uniform(n, 5, size / 2.5, g)
-    half_width = _uniform(n, 0.6, 1.2, g)
-    a = u / cell + torch.rand(n, 1, 1, generator=g)
-    b = v / cell + torch.rand(n, 1, 1, generator=g)
-    return half_width - torch.minimum(_distance_to_integer(a), _distance_to_integer(b)) * cell
-
-
 def _dots(n, size, g):
     u, v = _rotated_coordinates(n, size, g)
     cell = _uniform(n, 5, size / 2.5, g)
-    radius = _uniform(n, 0.2, 0.32, g)  # in cells
+    radius = _uniform(n, 0.18, 0.28, g)  # in cells
     a = _distance_to_integer(u / cell + torch.rand(n, 1, 1, generator=g))
     b = _distance_to_integer(v / cell + torch.rand(n, 1, 1, generator=g))
     return (radius - (a**2 + b**2).sqrt()) * cell
@@ -276,6 +269,7 @@ def _bricks(n, size, g):
 
 def _noise(n, size, g):
     # White noise blurred with a Gaussian (a product in Fourier space): random blobs.
+    # Not a distance, but a smooth field of about the same range that crosses zero at blob edges.
     white = torch.randn(n, size, size, generator=g)
     frequency = torch.fft.fftfreq(size)
     radius2 = frequency[:, None] ** 2 + frequency[None, :] ** 2
@@ -284,11 +278,9 @@ def _noise(n, size, g):
     return 1.5 * blobs / blobs.std(dim=(1, 2), keepdim=True)
 
 
-TEXTURE_PATTERNS = {
-    "stripes": _stripes, "checks": _checks, "dots": _dots, "waves": _waves,
-    "bricks": _bricks, "noise": _noise, "grid": _grid, "zigzag": _zigzag,
-}
-TEXTURE_CLASSES = list(TEXTURE_PATTERNS)
+TEXTURE_PATTERNS = {"stripes": _stripes, "checks": _checks, "dots": _dots, "waves": _waves, "bricks": _bricks,
+                    "noise": _noise}
+TEXTURE_NAMES = list(TEXTURE_PATTERNS)
 
 
 def _contrasting_colours(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -304,9 +296,9 @@ def _contrasting_colours(n: int, g: torch.Generator) -> tuple[torch.Tensor, torc
 
 
 def make_textures(img_size: int = 32, per_class: int = 400, seed: int = 0) -> ImageData:
-    """Generate ``per_class`` colour textures of each class in :data:`TEXTURE_CLASSES`.
+    """Generate ``per_class`` colour textures of each class in :data:`TEXTURE_NAMES`.
 
-    Returns uint8 images ``(per_class * 8, 3, img_size, img_size)``, grouped by class.
+    Returns uint8 images ``(per_class * 6, 3, img_size, img_size)``, grouped by class.
     The same ``seed`` always gives the same images.
     """
     generator = torch.Generator().manual_seed(seed)
@@ -318,7 +310,7 @@ def make_textures(img_size: int = 32, per_class: int = 400, seed: int = 0) -> Im
         image = image + 0.03 * torch.randn(image.shape, generator=generator)  # a little sensor noise
         images.append((image.clamp(0, 1) * 255).round().to(torch.uint8))
         labels.append(torch.full((per_class,), label, dtype=torch.long))
-    return ImageData(torch.cat(images), torch.cat(labels), list(TEXTURE_CLASSES), "textures")
+    return ImageData(torch.cat(images), torch.cat(labels), list(TEXTURE_NAMES), "textures")
 
 
 # ---------------------------------------------------------------------------------
@@ -331,7 +323,8 @@ def _class_folders(root: Path) -> list[Path]:
     if not root.exists():
         raise DataError(f"data folder {root} does not exist; check the path given to --data-dir / data.data_dir")
     if not root.is_dir():
-        raise DataError(f"{root} is a file, not a folder; point --data-dir at a folder laid out as root/<class>/<image>")
+        raise DataError(f"{root} is a file, not a folder; point --data-dir at a folder laid out as "
+                        "root/<class>/<image>")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataError(f"{root} has no class sub-folders; expected the layout root/<class>/<image>, "
@@ -353,6 +346,7 @@ def _image_files(folder: Path) -> tuple[list[Path], int]:
 
 
 def _select_folders(folders: list[Path], classes: list[str], root: Path) -> list[Path]:
+    """The folders named in ``classes``, in that order; DataError naming any that are missing."""
     by_name = {folder.name: folder for folder in folders}
     missing = [name for name in classes if name not in by_name]
     if missing:
@@ -377,13 +371,13 @@ def _resize_and_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def _decode(path: Path, size: int) -> Image.Image:
-    """Open, fully decode, and square one image; returns a PIL image in mode L or RGB."""
+def _decode(path: Path, size: int) -> np.ndarray:
+    """Open, fully decode and square one image: uint8 array (size, size, 3)."""
     with Image.open(path) as image:
         image.draft(None, (2 * size, 2 * size))  # JPEGs only: decode at reduced scale, much faster
         image.load()  # decode now, so that truncated files fail here
-        image = image.convert("L" if image.mode in GRAYSCALE_MODES else "RGB")
-    return _resize_and_crop(image, size)
+        image = image.convert("RGB")
+    return np.asarray(_resize_and_crop(image, size))
 
 
 def load_folder(root, img_size: int, classes: list[str] | None = None, progress: bool = True) -> ImageData:
@@ -392,7 +386,7 @@ def load_folder(root, img_size: int, classes: list[str] | None = None, progress:
     Classes are the sub-folder names, sorted (or in the order of ``classes``, which
     keeps only those folders). Each image is resized so its shorter side is
     ``img_size`` and centre-cropped to a square. Images are RGB, ``(N, 3, S, S)``
-    uint8, unless every image is grayscale, then ``(N, 1, S, S)``.
+    uint8, unless every image is grayscale (R = G = B), then ``(N, 1, S, S)``.
     Raises DataError for a missing root, missing or empty class folders and any
     unreadable image.
     """
@@ -419,30 +413,15 @@ def load_folder(root, img_size: int, classes: list[str] | None = None, progress:
             raise DataError(f"cannot read image {path} ({_describe(error)}); list every bad file with: "
                             f"{CHECK_COMMAND} {root}") from None
 
-    all_grayscale = all(image.mode == "L" for image in decoded)
-    arrays = [np.asarray(image if all_grayscale else image.convert("RGB")) for image in decoded]
-    images = torch.from_numpy(np.stack(arrays))  # (N, S, S) or (N, S, S, 3)
-    images = images.unsqueeze(1) if all_grayscale else images.permute(0, 3, 1, 2).contiguous()
+    images = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S)
+    if (images == images[:, :1]).all():  # no colour anywhere: keep one channel
+        images = images[:, :1].contiguous()
     return ImageData(images, torch.tensor(labels, dtype=torch.long), [f.name for f in folders], root.name)
 
 
 # ---------------------------------------------------------------------------------
 # one entry point for the training code
 # ---------------------------------------------------------------------------------
-
-
-def _keep_classes(data: ImageData, classes: list[str]) -> ImageData:
-    """Only the named classes, relabelled 0..K-1 in the order given."""
-    unknown = [name for name in classes if name not in data.class_names]
-    if unknown:
-        raise DataError(f"unknown class(es) {', '.join(unknown)} for dataset {data.name}; "
-                        f"valid: {', '.join(data.class_names)}")
-    classes = list(dict.fromkeys(classes))
-    old_labels = torch.tensor([data.class_names.index(name) for name in classes])
-    kept = data.subset(torch.isin(data.labels, old_labels))
-    new_label = torch.full((data.num_classes,), -1, dtype=torch.long)
-    new_label[old_labels] = torch.arange(len(classes))
-    return ImageData(kept.images, new_label[kept.labels], classes, data.name)
 
 
 def load_data(cfg: DataConfig, progress: bool = True) -> ImageData:
@@ -462,7 +441,7 @@ def load_data(cfg: DataConfig, progress: bool = True) -> ImageData:
         data = make_textures(cfg.img_size, cfg.per_class, seed=0)
     else:
         raise DataError(f"unknown dataset {cfg.dataset!r}; choose digits, textures or folder")
-    return data if cfg.classes is None else _keep_classes(data, cfg.classes)
+    return data if cfg.classes is None else data.keep_classes(cfg.classes)
 
 
 # ---------------------------------------------------------------------------------
@@ -506,8 +485,12 @@ class DataReport:
             problems.append(f"{len(self.empty_classes)} empty class folder(s): {', '.join(self.empty_classes)}")
         return problems
 
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
-def check_data(root) -> DataReport:
+
+def check_data(root, progress: bool = False) -> DataReport:
     """Decode every image under ``root/<class>/`` and report what was found.
 
     Raises DataError only if ``root`` is missing, not a folder, or has no class
@@ -515,19 +498,21 @@ def check_data(root) -> DataReport:
     """
     root = Path(root)
     report = DataReport(str(root), {})
+    files = []
     for folder in _class_folders(root):
-        files, ignored = _image_files(folder)
+        images, ignored = _image_files(folder)
         report.ignored += ignored
         report.class_counts[folder.name] = 0
-        for path in files:
-            try:
-                with Image.open(path) as image:
-                    image.load()
-                    report.sizes[image.size] += 1
-                    report.modes[image.mode] += 1
-                report.class_counts[folder.name] += 1
-            except Exception as error:
-                report.unreadable.append((str(path), _describe(error)))
+        files += images
+    for path in tqdm(files, desc=f"checking {root.name}", unit="img", disable=not progress or len(files) <= 200):
+        try:
+            with Image.open(path) as image:
+                image.load()  # decode every pixel: truncated files only fail here
+                report.sizes[image.size] += 1
+                report.modes[image.mode] += 1
+            report.class_counts[path.parent.name] += 1
+        except Exception as error:  # PIL raises many types: OSError, SyntaxError, ValueError, ...
+            report.unreadable.append((str(path), _describe(error)))
     return report
 
 
@@ -538,12 +523,15 @@ def format_report(report: DataReport, bar_width: int = 30) -> str:
     name_width = max(len("class"), *(len(name) for name in counts))
     lines = [f"data folder: {report.root}", f"  {'class':<{name_width}}  {'images':>7}"]
     for name, count in counts.items():
-        lines.append(f"  {name:<{name_width}}  {count:>7}  {'#' * round(bar_width * count / largest)}")
+        lines.append(f"  {name:<{name_width}}  {count:>7}  {'#' * round(bar_width * count / largest)}".rstrip())
     lines.append(f"  {'total':<{name_width}}  {sum(counts.values()):>7}  ({len(counts)} classes)")
-    lines.append(f"imbalance ratio: {report.imbalance_ratio:.2f} (largest class / smallest class)")
+    ratio = report.imbalance_ratio
+    lines.append(f"imbalance ratio: {ratio:.2f} (largest class / smallest class)" if math.isfinite(ratio)
+                 else "imbalance ratio: inf (some class is empty)")
     common_sizes = ", ".join(f"{w}x{h}: {n}" for (w, h), n in report.sizes.most_common(5))
     other_sizes = len(report.sizes) - min(len(report.sizes), 5)
-    lines.append(f"image sizes (w x h): {common_sizes or '-'}" + (f" (+{other_sizes} other sizes)" if other_sizes else ""))
+    lines.append(f"image sizes (w x h): {common_sizes or '-'}"
+                 + (f" (+{other_sizes} other sizes)" if other_sizes else ""))
     lines.append("colour modes: " + (", ".join(f"{mode}: {n}" for mode, n in report.modes.most_common()) or "-"))
     if report.ignored:
         lines.append(f"ignored {report.ignored} non-image file(s)")
@@ -565,7 +553,7 @@ def _save_examples(data: ImageData, per_class: int, out: str) -> None:
 
     per_class = min(per_class, *data.class_counts())
     picks = torch.cat([torch.nonzero(data.labels == k).flatten()[:per_class] for k in range(data.num_classes)])
-    grid = make_grid(data.images[picks], nrow=per_class, padding=1)  # uint8 (3, H, W)
+    grid = make_grid(data.images[picks], nrow=per_class, padding=1, pad_value=255)  # uint8 (3, H, W), white gaps
     image = Image.fromarray(grid.permute(1, 2, 0).numpy())
     zoom = max(1, 64 // data.img_size)  # small images are hard to see: enlarge, keeping pixels sharp
     image = image.resize((image.width * zoom, image.height * zoom), Image.Resampling.NEAREST)
@@ -589,11 +577,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "check":
-        report = check_data(args.data_dir)
+        report = check_data(args.data_dir, progress=True)
         print(format_report(report))
         if report.problems:
             sys.exit(1)
     else:
+        if args.dataset == "folder" and not args.data_dir:
+            raise DataError("show --dataset folder needs --data-dir ROOT (a root/<class>/<image> folder)")
         img_size = args.img_size or (16 if args.dataset == "digits" else 32)
         data = load_data(DataConfig(dataset=args.dataset, data_dir=args.data_dir, img_size=img_size))
         _save_examples(data, args.per_class, args.out)
