@@ -187,3 +187,26 @@ def test_trajectory_recording():
 def test_unknown_sampler():
     with pytest.raises(ValueError, match="ddpm or ddim"):
         sample(LinearEps(), cosine(10), torch.tensor([0]), (1, 4, 4), 3, sampler="euler")
+
+
+def test_diffusion_loss_decreases_on_a_fixed_batch():
+    from ddpm_lib.unet import ConditionalUNet
+
+    torch.manual_seed(0)
+    model = ConditionalUNet(1, 2, 8, base_channels=16, channel_mult=(1, 2), attn_resolutions=())
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    s = cosine(100)
+    x0 = torch.rand(16, 1, 8, 8) * 2 - 1
+    y = torch.randint(0, 2, (16,))
+
+    def loss_with_fixed_noise():
+        return diffusion_loss(model, s, x0, y, null_class=2, generator=torch.Generator().manual_seed(1))
+
+    with torch.no_grad():
+        before = loss_with_fixed_noise().item()
+    for _ in range(40):
+        loss = loss_with_fixed_noise()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * before

@@ -136,3 +136,16 @@ def test_cli_sample_bad_input(tmp_path):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "ema.pt").write_bytes(b"PK\x03\x04 truncated")
     assert_one_line_error(run_module("sample", "--run", str(tmp_path / "bad")), "corrupt or truncated")
+
+
+def test_cli_train_names_a_corrupt_image(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (12, 12), (40 * i, 0, 0)).save(tmp_path / "data" / cls / f"{i}.png")
+    (tmp_path / "data" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    proc = run_module("train", "--config", "dtd_filtered", "--set", f"data.data_dir={tmp_path / 'data'}",
+                      "--set", "data.classes=null", "--run-dir", str(tmp_path / "r"))
+    assert_one_line_error(proc, "broken.png", "ddpm_lib.data check")
