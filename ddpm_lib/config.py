@@ -74,7 +74,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 25
     snapshot_every: int = 500
-    threads: int = 0  # torch CPU threads (0: leave PyTorch's default)
+    threads: int = 0  # torch CPU threads per rank (0: leave PyTorch's default)
+    device: str = "auto"  # auto (GPU if any) | cuda | cpu
+    amp: str = "auto"  # auto (bf16 on GPUs that support it, else none) | bf16 | fp16 | none
 
 
 @dataclass
@@ -106,6 +108,8 @@ CHOICES = {
     "model.preset": ("tiny", "cifar"),
     "diffusion.schedule": ("linear", "cosine"),
     "train.lr_schedule": ("constant", "cosine"),
+    "train.device": ("auto", "cuda", "cpu"),
+    "train.amp": ("auto", "bf16", "fp16", "none"),
     "sample.sampler": ("ddpm", "ddim"),
 }
 

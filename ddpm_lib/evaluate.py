@@ -51,7 +51,7 @@ def evaluate(run_dir: str | Path, samples_path: str | Path | None = None, progre
 @cli
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m ddpm_lib.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--run-dir", "--run", dest="run", required=True, help="run directory")
     p.add_argument("--samples", help="samples .npz (default: RUN/samples/samples.npz)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)

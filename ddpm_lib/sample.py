@@ -1,14 +1,20 @@
-"""Sample class-conditional images from a trained run.
+"""Sample class-conditional images from a trained run, on one process or many.
 
     python -m ddpm_lib.sample --run runs/digits                       # settings from the run's config
     python -m ddpm_lib.sample --run runs/digits --per-class 16 --sampler ddim --steps 50 --guidance 2
     python -m ddpm_lib.sample --run runs/digits --classes three seven --sampler ddpm
+    torchrun --standalone --nproc_per_node=2 -m ddpm_lib.sample --run-dir runs/digits
 
 Loads ``ema.pt`` (self-describing: config, class names, EMA weights) and writes
 ``samples/samples.npz`` (``images`` uint8 (N, C, H, W), ``labels`` int64 (N,),
 ``class_names``) and ``samples/grid.png`` (one row per class) into the run directory.
-Images are generated in batches with a fixed seed, so the same command gives the
-same images.
+
+The requested labels are cut into chunks of ``--batch-size``; chunk c is drawn from
+a generator seeded with ``seed + c`` and chunks are dealt round-robin to the ranks
+(rank r takes chunks r, r + W, ...; with one chunk per rank, rank r uses seed + r).
+Rank 0 gathers every chunk (``all_gather``) and writes the files. Because a chunk's
+noise depends on its index, not on the rank that drew it, the same command gives
+the same images with any number of ranks.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_bytes, load_run
 from .diffusion import sample
+from .dist import DistEnv, cleanup, gather_objects
+from .dist import setup as dist_setup
 from .errors import DDPMError, cli
 from .schedules import make_schedule
 from .viz import as_uint8, class_grid
@@ -47,24 +55,31 @@ def resolve_classes(requested: list[str] | None, class_names: list[str]) -> list
 
 @torch.no_grad()
 def generate(model, cfg, labels: torch.Tensor, sampler: str, steps: int, guidance_scale: float, eta: float,
-             seed: int, batch_size: int, progress: bool = True) -> torch.Tensor:
-    """Images (N, C, H, W) uint8 for ``labels`` (N,), made in batches from one seeded generator."""
+             seed: int, batch_size: int, progress: bool = True, env: DistEnv | None = None) -> torch.Tensor:
+    """Images uint8 (N, C, H, W) for ``labels`` (N,), in label order, on every rank.
+
+    Chunk c of ``batch_size`` labels is sampled with a generator seeded ``seed + c``
+    by rank ``c % world_size``; the chunks are then gathered (module docstring).
+    """
+    env = env or DistEnv()
     device = next(model.parameters()).device
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-    generator = torch.Generator(device).manual_seed(seed)
     shape = (model.in_channels, cfg.data.img_size, cfg.data.img_size)
-    out = []
-    batches = labels.split(batch_size)
-    for i, y in enumerate(batches):
+    chunks = labels.split(batch_size)
+    mine = {}
+    for c in range(env.rank, len(chunks), env.world_size):
         wrap = None
-        if progress:
-            desc = f"sample {i + 1}/{len(batches)}"
-            wrap = lambda it, d=desc: tqdm(it, desc=d, leave=False, file=sys.stdout,
-                                           mininterval=0.5 if sys.stdout.isatty() else 10.0)
-        result = sample(model, schedule, y.to(device), shape, model.null_class, sampler=sampler, steps=steps, eta=eta,
-                        guidance_scale=guidance_scale, generator=generator, progress=wrap)
-        out.append(as_uint8(result.x.cpu()))
-    return torch.cat(out)
+        if progress and env.is_main and sys.stdout.isatty():  # elsewhere, the summary line suffices
+            desc = f"sample {c + 1}/{len(chunks)}"
+            wrap = lambda it, d=desc: tqdm(it, desc=d, leave=False, file=sys.stdout)  # noqa: E731
+        generator = torch.Generator(device).manual_seed(seed + c)
+        result = sample(model, schedule, chunks[c].to(device), shape, model.null_class, sampler=sampler, steps=steps,
+                        eta=eta, guidance_scale=guidance_scale, generator=generator, progress=wrap)
+        mine[c] = as_uint8(result.x.cpu())
+    gathered = {}
+    for part in gather_objects(env, mine):
+        gathered.update(part)
+    return torch.cat([gathered[c] for c in range(len(chunks))])
 
 
 def save_samples(images: torch.Tensor, labels: torch.Tensor, class_names: list[str], out_dir: Path,
@@ -85,14 +100,15 @@ def load_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str
     """Read a ``samples.npz``: (images uint8 (N, C, H, W), labels (N,), class names)."""
     path = Path(path)
     if not path.exists():
-        raise DDPMError(f"{path} does not exist; make it with python -m ddpm_lib.sample --run {path.parent.parent}")
+        raise DDPMError(f"{path} does not exist; make it with python -m ddpm_lib.sample --run-dir {path.parent.parent}")
     with np.load(path) as f:
         return torch.from_numpy(f["images"]), torch.from_numpy(f["labels"]), [str(c) for c in f["class_names"]]
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m ddpm_lib.sample", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="run directory holding ema.pt")
+    p.add_argument("--run-dir", "--run", dest="run", required=True,
+                   help="run directory holding ema.pt (under torchrun spell it --run-dir: torchrun's own parser takes --run for its --run-path)")
     p.add_argument("--per-class", type=int, help="images per class (default: the run's sample.per_class)")
     p.add_argument("--classes", nargs="+", help="class names or indices (default: every class)")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), help="default: the run's sample.sampler")
@@ -119,19 +135,26 @@ def main(argv: list[str] | None = None) -> None:
         raise DDPMError(f"--steps must be between 1 and {cfg.diffusion.timesteps}, got {steps}")
     classes = resolve_classes(args.classes, class_names)
     labels = torch.tensor(classes).repeat_interleave(per_class)
-    if torch.cuda.is_available():
-        model = model.cuda()
-    sampler = args.sampler or s.sampler
-    guidance = args.guidance if args.guidance is not None else s.guidance_scale
-    started = time.time()
-    images = generate(model, cfg, labels, sampler=sampler, steps=steps, guidance_scale=guidance,
-                      eta=args.eta if args.eta is not None else s.eta,
-                      seed=args.seed if args.seed is not None else s.seed,
-                      batch_size=args.batch_size or s.batch_size, progress=not args.quiet)
-    npz, grid = save_samples(images, labels, class_names, Path(args.run) / "samples", args.name)
-    if not args.quiet:
-        how = f"ddim {steps} steps" if sampler == "ddim" else f"ddpm {cfg.diffusion.timesteps} steps"
-        print(f"[sample] {len(labels)} images ({how}, guidance {guidance}) in {time.time() - started:.1f}s -> {npz}, {grid}")
+    env = dist_setup("auto")
+    try:
+        model = model.to(env.device)
+        sampler = args.sampler or s.sampler
+        guidance = args.guidance if args.guidance is not None else s.guidance_scale
+        started = time.time()
+        images = generate(model, cfg, labels, sampler=sampler, steps=steps, guidance_scale=guidance,
+                          eta=args.eta if args.eta is not None else s.eta,
+                          seed=args.seed if args.seed is not None else s.seed,
+                          batch_size=args.batch_size or s.batch_size, progress=not args.quiet, env=env)
+        if env.is_main:
+            npz, grid = save_samples(images, labels, class_names, Path(args.run) / "samples", args.name)
+            if not args.quiet:
+                how = f"ddim {steps} steps" if sampler == "ddim" else f"ddpm {cfg.diffusion.timesteps} steps"
+                print(f"[sample] {len(labels)} images ({how}, guidance {guidance}) on {env.world_size} rank(s) in "
+                      f"{time.time() - started:.1f}s -> {npz}, {grid}")
+    except BaseException:
+        cleanup(env, wait_for_peers=False)
+        raise
+    cleanup(env)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,135 @@
+"""Distributed setup: one process per rank, started by ``torchrun`` (or alone).
+
+``torchrun`` starts ``WORLD_SIZE`` copies of a program and tells each who it is
+through environment variables::
+
+    RANK         this process's index among all processes, 0..WORLD_SIZE-1
+    LOCAL_RANK   its index on this machine (which GPU it drives)
+    WORLD_SIZE   how many processes train together
+    MASTER_ADDR, MASTER_PORT   where the rendezvous store listens
+
+Without them we are a single process (world size 1): every collective below is
+then a no-op, so the same training code runs under ``python -m`` and ``torchrun``.
+Backends: NCCL when every rank has its own CUDA device, gloo on CPU. A second,
+gloo "control" group carries tiny CPU messages (e.g. "stop now?") without
+synchronising the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .errors import DDPMError
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None  # None: no process group (world size 1)
+    control_group: object = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 owns logging, snapshots and the EMA truth."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def read_env() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from the torchrun environment; (0, 0, 1) without it."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def setup(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
+    """Pick this rank's device and, for world size > 1, join the process group.
+
+    ``device``: ``"auto"`` (a GPU when there is one), ``"cuda"`` or ``"cpu"``.
+    The process group is created on a store prefixed by ``TORCHELASTIC_RESTART_COUNT``:
+    after ``torchrun --max-restarts`` brings the workers back, keys left in the agent's
+    store by the failed attempt would otherwise make the new group connect to dead peers.
+    """
+    rank, local_rank, world_size = read_env()
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise DDPMError("device=cuda was asked for but PyTorch sees no CUDA device; use device=cpu")
+        n_gpus = torch.cuda.device_count()
+        if local_rank >= n_gpus:
+            raise DDPMError(f"local rank {local_rank} has no GPU: this machine has {n_gpus} GPU(s); start at most "
+                            f"{n_gpus} processes per node (--nproc_per_node={n_gpus}) or train on CPU ranks")
+        torch.cuda.set_device(local_rank)
+        env = DistEnv(rank, local_rank, world_size, torch.device("cuda", local_rank), "nccl")
+    else:
+        env = DistEnv(rank, local_rank, world_size, torch.device("cpu"), "gloo")
+    if world_size == 1:
+        env.backend = None
+        return env
+    timeout = timedelta(minutes=timeout_minutes)
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(env.backend, store=dist.PrefixStore(f"ddpm_attempt_{attempt}", store), rank=rank,
+                            world_size=world_size, timeout=timeout,
+                            device_id=env.device if env.backend == "nccl" else None)
+    env.control_group = dist.new_group(backend="gloo") if env.backend != "gloo" else dist.group.WORLD
+    return env
+
+
+def cleanup(env: DistEnv, wait_for_peers: bool = True) -> None:
+    """Leave the process group. On a normal exit, first wait until every rank is done:
+    tearing down gloo while a peer still talks to it can abort that peer. After an
+    error, leave at once (a peer may never arrive)."""
+    if env.distributed and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier(group=env.control_group)
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    """Wait for every rank (on the CPU control group, so no GPU work is involved)."""
+    if env.distributed:
+        dist.barrier(group=env.control_group)
+
+
+def any_rank(env: DistEnv, flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any rank (one tiny CPU all-reduce)."""
+    if not env.distributed:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=env.control_group)
+    return bool(t.item())
+
+
+def mean_over_ranks(env: DistEnv, value: torch.Tensor) -> torch.Tensor:
+    """The average of a tensor over all ranks (on its own device)."""
+    if env.distributed:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= env.world_size
+    return value
+
+
+def gather_objects(env: DistEnv, obj) -> list:
+    """Every rank's ``obj`` (picklable, moved to the CPU first), in rank order, on every rank."""
+    if not env.distributed:
+        return [obj]
+    out = [None] * env.world_size
+    dist.all_gather_object(out, obj, group=env.control_group)
+    return out
+
+
+def broadcast_module_(env: DistEnv, module: torch.nn.Module, src: int = 0) -> None:
+    """Overwrite ``module``'s parameters and buffers on every rank with rank ``src``'s."""
+    if env.distributed:
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src=src)
