@@ -7,11 +7,14 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 RUN    ?= runs/digits
 PRESET ?= digits
+NPROC  ?= 1
+TORCHRUN := $(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC)
 
 .PHONY: course test lab clean help
 
 help:
-	@echo "make course  train the default model, sample, evaluate (creates .venv)"
+	@echo "make course  train the default model with torchrun, sample, evaluate (creates .venv)"
+	@echo "             NPROC=2 for 2 ranks (batch size is per rank), PRESET=textures, RUN=runs/x"
 	@echo "make test    run the whole test suite (creates .venv)"
 	@echo "make lab     open JupyterLab in notebooks/"
 
@@ -31,10 +34,10 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 
 course: $(VENV)/.runtime
 	@start=$$(date +%s); \
-	$(PY) -m ddpm_lib.train --config $(PRESET) --run-dir $(RUN) && \
-	$(PY) -m ddpm_lib.sample --run $(RUN) --per-class 8 && \
-	$(PY) -m ddpm_lib.sample --run $(RUN) --per-class 50 --name eval --quiet && \
-	$(PY) -m ddpm_lib.evaluate --run $(RUN) --samples $(RUN)/samples/eval.npz && \
+	$(TORCHRUN) -m ddpm_lib.train --config $(PRESET) --run-dir $(RUN) && \
+	$(TORCHRUN) -m ddpm_lib.sample --run-dir $(RUN) --per-class 8 && \
+	$(TORCHRUN) -m ddpm_lib.sample --run-dir $(RUN) --per-class 50 --name eval --quiet && \
+	$(PY) -m ddpm_lib.evaluate --run-dir $(RUN) --samples $(RUN)/samples/eval.npz && \
 	echo "" && \
 	echo "Results ($$(( $$(date +%s) - start ))s):" && \
 	echo "  sample grid     $(RUN)/samples/grid.png" && \

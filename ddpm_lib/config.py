@@ -74,7 +74,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 25
     snapshot_every: int = 500
-    threads: int = 0  # torch CPU threads per rank (0: leave PyTorch's default)
+    threads: int = 0  # torch CPU threads per rank (0: this machine's cores / ranks on it)
     device: str = "auto"  # auto (GPU if any) | cuda | cpu
     amp: str = "auto"  # auto (bf16 on GPUs that support it, else none) | bf16 | fp16 | none
 

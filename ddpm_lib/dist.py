@@ -51,15 +51,19 @@ def read_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def setup(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
-    """Pick this rank's device and, for world size > 1, join the process group.
+def setup(device: str = "auto", threads: int = 0, timeout_minutes: float = 30.0) -> DistEnv:
+    """Pick this rank's device and CPU threads and, for world size > 1, join the process group.
 
     ``device``: ``"auto"`` (a GPU when there is one), ``"cuda"`` or ``"cpu"``.
+    ``threads``: torch CPU threads for this rank; 0 shares the machine's cores among the
+    ranks on it (torchrun would otherwise leave every rank at ``OMP_NUM_THREADS=1``).
     The process group is created on a store prefixed by ``TORCHELASTIC_RESTART_COUNT``:
     after ``torchrun --max-restarts`` brings the workers back, keys left in the agent's
     store by the failed attempt would otherwise make the new group connect to dead peers.
     """
     rank, local_rank, world_size = read_env()
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // ranks_here))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda:
         if not torch.cuda.is_available():

@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,10 @@ from .ema import EMA
 from .errors import DDPMError, cli
 from .schedules import make_schedule
 from .unet import build_unet, count_parameters
+
+# The CPU backward of a 1x1 conv returns its weight gradient with transposed strides; DDP then
+# copies that one small gradient into its bucket and warns on every rank. Harmless, so quiet.
+warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
 # Keys that may change when a run resumes; any other difference is refused.
 RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.log_every", "train.snapshot_every",
@@ -188,7 +193,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str = "auto", progress: bool
     run, not of this call) with a snapshot, as an interruption would: calling again
     resumes. Notebooks use it to train in chunks; tests to check exact resumption.
     """
-    env = dist_setup(cfg.train.device)
+    env = dist_setup(cfg.train.device, cfg.train.threads)
     try:
         with StopSignal() as stop:
             result = _train(cfg, Path(run_dir), resume, progress, stop_after, env, stop)
@@ -202,8 +207,6 @@ def train(cfg: Config, run_dir: str | Path, resume: str = "auto", progress: bool
 def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: int | None,
            env: DistEnv, stop: StopSignal) -> Path:
     t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
     device = env.device
     torch.manual_seed(t.seed + env.rank)  # each rank draws its own noise and timesteps
     random.seed(t.seed + env.rank)
