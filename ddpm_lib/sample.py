@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_bytes, load_run
 from .diffusion import sample
-from .dist import DistEnv, cleanup, gather_objects
+from .dist import DistEnv, cleanup, exit_worker_if_distributed, gather_objects
 from .dist import setup as dist_setup
 from .errors import DDPMError, cli
 from .schedules import make_schedule
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         cleanup(env, wait_for_peers=False)
         raise
     cleanup(env)
+    exit_worker_if_distributed()
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ from .checkpoint import atomic_save, ema_payload, load_checkpoint
 from .config import Config, diff_configs, load_config, save_config
 from .data import load_data
 from .diffusion import diffusion_loss
-from .dist import DistEnv, any_rank, barrier, broadcast_module_, cleanup, gather_objects, mean_over_ranks
+from .dist import (DistEnv, any_rank, barrier, broadcast_module_, cleanup, exit_worker_if_distributed, gather_objects,
+                   mean_over_ranks)
 from .dist import setup as dist_setup
 from .ema import EMA
 from .errors import DDPMError, cli
@@ -373,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.config, args.set)
     train(cfg, args.run_dir or Path("runs") / cfg.name, resume=args.resume, progress=not args.quiet,
           stop_after=args.stop_after)
+    exit_worker_if_distributed()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import sys
 import torch
 from torch.utils.data import DistributedSampler
 
-from ddpm_lib.dist import any_rank, broadcast_module_, cleanup, gather_objects, mean_over_ranks, setup
+from ddpm_lib.dist import (any_rank, broadcast_module_, cleanup, exit_worker_if_distributed, gather_objects,
+                           mean_over_ranks, setup)
 from ddpm_lib.ema import EMA
 
 
@@ -62,3 +63,4 @@ if __name__ == "__main__":
         raise
     cleanup(env)
     print(f"rank {env.rank}: {sys.argv[1]} ok", flush=True)
+    exit_worker_if_distributed()

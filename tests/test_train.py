@@ -149,3 +149,15 @@ def test_cli_train_names_a_corrupt_image(tmp_path):
     proc = run_module("train", "--config", "dtd_filtered", "--set", f"data.data_dir={tmp_path / 'data'}",
                       "--set", "data.classes=null", "--run-dir", str(tmp_path / "r"))
     assert_one_line_error(proc, "broken.png", "ddpm_lib.data check")
+
+
+def test_bf16_autocast_trains_on_cpu_and_fp16_needs_a_gpu(tmp_path):
+    from ddpm_lib.train import autocast_dtype
+
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    run = train(tiny_config("train.amp=bf16", "train.max_steps=6"), tmp_path / "bf16", progress=False)
+    assert all(json.loads(line)["loss"] > 0 for line in (run / "log.jsonl").read_text().splitlines())
+    if not torch.cuda.is_available():
+        with pytest.raises(DDPMError, match="train.amp=fp16 needs a CUDA device"):
+            train(tiny_config("train.amp=fp16"), tmp_path / "fp16", progress=False)
