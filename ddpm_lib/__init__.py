@@ -8,6 +8,9 @@ One module per idea:
 - ``ema``        exponential moving average of the weights
 - ``data``       embedded datasets (digits, textures) and folder datasets
 - ``config``     presets and validated configuration
+- ``checkpoint`` atomic writes, self-describing checkpoints, run directories
+- ``dist``       torchrun environment, process groups and the collectives we use
+- ``launch``     run torchrun from a notebook cell with live output
 - ``train`` / ``sample`` / ``evaluate``  the command-line programs
 - ``metrics``    the domain classifier and class accuracy of samples
 - ``viz``        image grids and plots
