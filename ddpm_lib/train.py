@@ -277,7 +277,7 @@ def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: 
     grad_sum = torch.zeros((), device=device)
     steps_since_log, t_log, t_start = 0, time.time(), time.time()
 
-    finished = interrupted = False
+    finished, interrupted = state.step >= total_steps, False  # a finished run just rewrites ema.pt
     while not (finished or interrupted):
         sampler.set_epoch(state.epoch)
         loader = DataLoader(dataset, batch_size=t.batch_size, sampler=SkipFirst(sampler, state.batch * t.batch_size),

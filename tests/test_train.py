@@ -161,3 +161,14 @@ def test_bf16_autocast_trains_on_cpu_and_fp16_needs_a_gpu(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(DDPMError, match="train.amp=fp16 needs a CUDA device"):
             train(tiny_config("train.amp=fp16"), tmp_path / "fp16", progress=False)
+
+
+def test_training_a_finished_run_again_takes_no_step(tmp_path):
+    cfg = tiny_config("train.max_steps=6")
+    train(cfg, tmp_path / "run", progress=False)
+    before = load_checkpoint(tmp_path / "run" / "snapshot.pt")
+    train(cfg, tmp_path / "run", progress=False)
+    after = load_checkpoint(tmp_path / "run" / "snapshot.pt")
+    assert after["state"] == before["state"] == {"step": 6, "epoch": 0, "batch": 6}
+    assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
+    assert load_checkpoint(tmp_path / "run" / "ema.pt")["step"] == 6
