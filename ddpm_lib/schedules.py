@@ -132,8 +132,9 @@ def cosine(timesteps: int = 1000, s: float = 0.008) -> NoiseSchedule:
         f(t) = cos^2( (t / T + s) / (1 + s) * pi / 2 ),   alpha_bar_t = f(t) / f(0)
         beta_t = min(1 - alpha_bar_t / alpha_bar_{t-1}, 0.999)
 
-    The offset ``s`` keeps beta small near t = 0; the clip at 0.999 avoids the
-    singularity at t = T, where alpha_bar reaches exactly 0.
+    The offset ``s`` stops beta from being vanishingly small near t = 0 (with s = 0 the
+    first beta is ~2.5e-6, too little noise to learn from; s = 0.008 makes it ~4e-5);
+    the clip at 0.999 avoids the singularity at t = T, where alpha_bar reaches exactly 0.
     """
 
     def f(step: int) -> float:

@@ -56,7 +56,8 @@ def test_cosine_closed_form_and_clipping():
     for t in (0, 10, 500, 900):  # alpha_bar_t (paper's t+1) = f(t+1) / f(0) away from the clip
         assert sched.alpha_bar[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-9)
     assert sched.betas.max().item() == pytest.approx(0.999)  # clipped at the last step
-    assert sched.betas[0].item() < 1e-4  # small at the start thanks to s
+    assert sched.betas[0].item() < 1e-4  # small at the start...
+    assert sched.betas[0].item() > 10 * cosine(T, 0.0).betas[0].item()  # ...but s keeps it from vanishing
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
