@@ -63,10 +63,18 @@ def class_grid(images, labels, class_names: list[str], per_row: int | None = Non
     return sheet
 
 
-def read_log(run_dir: str | Path) -> list[dict]:
-    """The records of ``run_dir/log.jsonl`` (one dict per logging step)."""
+def read_log(run_dir: str | Path, latest_only: bool = True) -> list[dict]:
+    """The records of ``run_dir/log.jsonl``, one dict per logging step, in step order.
+
+    The file is append-only: after a crash, the steps between the last snapshot and the
+    crash are logged again when the run resumes. ``latest_only`` keeps the last record
+    of each step (the run as it finally went); ``False`` returns the raw history.
+    """
     path = Path(run_dir) / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not latest_only:
+        return records
+    return sorted({r["step"]: r for r in records}.values(), key=lambda r: r["step"])
 
 
 def plot_loss(run_dir: str | Path, ax=None):
@@ -80,3 +88,122 @@ def plot_loss(run_dir: str | Path, ax=None):
     ax.set(xlabel="step", ylabel="loss (MSE on noise)", yscale="log", title=f"training loss: {Path(run_dir).name}")
     ax.grid(alpha=0.3)
     return ax
+
+
+# ---------------------------------------------------------------------------------
+# forward noising: strips, a GIF, schedule curves
+# ---------------------------------------------------------------------------------
+
+
+def _noised(schedule, x0: torch.Tensor, steps, seed: int) -> torch.Tensor:
+    """x_t (len(steps), C, H, W) of one image x0 (C, H, W) at each step, all with the same noise."""
+    from .diffusion import q_sample
+
+    x0 = torch.as_tensor(x0, dtype=torch.float32)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    n = len(steps)
+    t = torch.as_tensor(list(steps), dtype=torch.long)
+    return q_sample(schedule, x0.expand(n, *x0.shape), t, noise.expand(n, *x0.shape))
+
+
+def _labelled_row(tiles: list[Image.Image], labels: list[str], pad: int = 2) -> Image.Image:
+    """Tiles (PIL images of one size) side by side, each with a text label underneath."""
+    font = ImageFont.load_default()
+    w, h = tiles[0].size
+    label_h = 14
+    sheet = Image.new("RGB", (len(tiles) * (w + pad) + pad, h + 2 * pad + label_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (tile, label) in enumerate(zip(tiles, labels)):
+        left = pad + i * (w + pad)
+        sheet.paste(tile.convert("RGB"), (left, pad))
+        draw.text((left + 1, pad + h + 1), label, fill="black", font=font)
+    return sheet
+
+
+def _tile(image: torch.Tensor, scale: int) -> Image.Image:
+    """One float (C, H, W) image in [-1, 1] as a PIL image blown up ``scale`` times."""
+    return image_grid(image[None], nrow=1, scale=scale, pad=0)
+
+
+def noising_strip(schedule, x0, steps: list[int], seed: int = 0, scale: int | None = None) -> Image.Image:
+    """The forward process on one image: x_t for each step in ``steps``, left to right.
+
+    ``x0``: float (C, H, W) in [-1, 1] (C = 1 or 3). Each x_t is drawn with
+    :func:`ddpm_lib.diffusion.q_sample` (x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps)
+    with the *same* noise eps ~ N(0, I) (fixed by ``seed``) at every step, so the
+    strip shows the signal fading rather than fresh noise. Values outside [-1, 1]
+    are clipped for display. ``steps`` are code indices in [0, T); each tile is
+    labelled ``t=<step>``. ``scale`` (default: up to about 64 px) enlarges small images.
+    Returns an RGB PIL image of width ``len(steps) * (scale * W + 2) + 2``.
+    """
+    x0 = torch.as_tensor(x0, dtype=torch.float32)
+    if x0.ndim != 3:
+        raise ValueError(f"x0 must be one image (C, H, W), got shape {tuple(x0.shape)}")
+    steps = [int(s) for s in steps]
+    if any(not 0 <= s < schedule.timesteps for s in steps):
+        raise ValueError(f"steps must lie in [0, {schedule.timesteps}), got {steps}")
+    scale = scale or max(1, 64 // x0.shape[-1])
+    x_t = _noised(schedule, x0, steps, seed)
+    return _labelled_row([_tile(x, scale) for x in x_t], [f"t={s}" for s in steps])
+
+
+def schedule_destruction_gif(schedules: dict, x0, path, frames: int = 40, seed: int = 0, duration_ms: int = 80,
+                             scale: int | None = None) -> Path:
+    """An animated GIF of one image destroyed under each schedule, side by side.
+
+    ``schedules``: {name: NoiseSchedule}; ``x0``: float (C, H, W) in [-1, 1]. Frame k
+    (of ``frames``) shows, for every schedule, x_t at t = round(k / (frames - 1) * (T - 1))
+    of that schedule's own T, drawn with :func:`ddpm_lib.diffusion.q_sample` and the
+    same noise eps (fixed by ``seed``) for every schedule and frame, so the only
+    difference between the panels is the schedule. Each panel is labelled with
+    ``"<name> t=<step>"``. Frames last ``duration_ms`` each and the GIF loops
+    forever. Writes ``path`` (parent folders created) and returns it as a Path.
+    """
+    x0 = torch.as_tensor(x0, dtype=torch.float32)
+    if x0.ndim != 3:
+        raise ValueError(f"x0 must be one image (C, H, W), got shape {tuple(x0.shape)}")
+    if frames < 2:
+        raise ValueError(f"frames must be at least 2, got {frames}")
+    scale = scale or max(1, 96 // x0.shape[-1])
+    names = list(schedules)
+    fractions = np.linspace(0.0, 1.0, frames)
+    steps = {n: [int(round(f * (schedules[n].timesteps - 1))) for f in fractions] for n in names}
+    noised = {n: _noised(schedules[n], x0, steps[n], seed) for n in names}  # (frames, C, H, W) each
+    pictures = []
+    for k in range(frames):
+        tiles = [_tile(noised[n][k], scale) for n in names]
+        pictures.append(_labelled_row(tiles, [f"{n} t={steps[n][k]}" for n in names]))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0)
+    return path
+
+
+def plot_schedules(schedules: dict, ax=None):
+    """beta_t, alpha_bar_t and log-SNR_t = log(alpha_bar_t / (1 - alpha_bar_t)) against step t.
+
+    ``schedules``: {name: NoiseSchedule}, each with tables of shape (T,). ``ax``: three
+    matplotlib axes to draw into (default: a new 1 x 3 figure). beta is on a log
+    scale; log-SNR is in nats. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax = list(np.ravel(ax))
+    if len(ax) != 3:
+        raise ValueError(f"plot_schedules needs three axes, got {len(ax)}")
+    for name, schedule in schedules.items():
+        t = np.arange(schedule.timesteps)
+        ax[0].plot(t, schedule.betas.numpy(), label=name)
+        ax[1].plot(t, schedule.alpha_bar.numpy(), label=name)
+        ax[2].plot(t, schedule.log_snr.numpy(), label=name)
+    ax[0].set(title="noise added per step", xlabel="step t", ylabel="beta_t", yscale="log")
+    ax[1].set(title="signal power left", xlabel="step t", ylabel="alpha_bar_t")
+    ax[2].set(title="signal-to-noise ratio", xlabel="step t", ylabel="log SNR_t (nats)")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend()
+    fig = ax[0].figure
+    fig.tight_layout()
+    return fig
