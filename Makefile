@@ -8,13 +8,15 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 RUN    ?= runs/digits
 PRESET ?= digits
 NPROC  ?= 1
+QUICK  ?= 1
 TORCHRUN := $(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC)
 
 .PHONY: course test lab clean help
 
 help:
 	@echo "make course  train the default model with torchrun, sample, evaluate (creates .venv)"
-	@echo "             NPROC=2 for 2 ranks (batch size is per rank), PRESET=textures, RUN=runs/x"
+	@echo "             NPROC=2 for 2 ranks (batch size is per rank), PRESET=textures, RUN=runs/x,"
+	@echo "             QUICK=0 to run the notebooks full size"
 	@echo "make test    run the whole test suite (creates .venv)"
 	@echo "make lab     open JupyterLab in notebooks/"
 
@@ -38,13 +40,15 @@ course: $(VENV)/.runtime
 	$(TORCHRUN) -m ddpm_lib.sample --run-dir $(RUN) --per-class 8 && \
 	$(TORCHRUN) -m ddpm_lib.sample --run-dir $(RUN) --per-class 50 --name eval --quiet && \
 	$(PY) -m ddpm_lib.evaluate --run-dir $(RUN) --samples $(RUN)/samples/eval.npz && \
+	$(PY) scripts/run_notebooks.py $(if $(filter 0,$(QUICK)),--full,) && \
 	echo "" && \
 	echo "Results ($$(( $$(date +%s) - start ))s):" && \
 	echo "  sample grid     $(RUN)/samples/grid.png" && \
 	echo "  samples         $(RUN)/samples/samples.npz" && \
 	echo "  metrics         $(RUN)/metrics.json" && \
 	echo "  training log    $(RUN)/log.jsonl" && \
-	echo "  EMA weights     $(RUN)/ema.pt"
+	echo "  EMA weights     $(RUN)/ema.pt" && \
+	echo "  notebooks       build/html/index.html (executed copies in build/notebooks/)"
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q

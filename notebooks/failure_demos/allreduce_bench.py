@@ -1,0 +1,60 @@
+"""Time one all-reduce of a gradient-sized float32 tensor across the ranks.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 failure_demos/allreduce_bench.py \
+        --numel 1160000 --repeats 10 --out ../runs/10_failure_modes/allreduce.json
+
+DDP all-reduces every gradient once per step (in buckets, overlapped with backward);
+this measures the cost of doing it in one piece, without overlap, with the same
+``torch.distributed.all_reduce`` (gloo on CPU) that DDP uses. Rank 0 writes the median
+and every repeat's seconds to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ddpm_lib.dist import barrier, cleanup, exit_worker_if_distributed, setup
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--numel", type=int, required=True, help="elements (e.g. the model's parameter count)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    env = setup("cpu", threads=1)
+    try:
+        tensor = torch.ones(args.numel)
+        times = []
+        for i in range(args.repeats + 2):  # the first two are warm-up: connections, buffers
+            barrier(env)
+            started = time.perf_counter()
+            if env.distributed:
+                dist.all_reduce(tensor)
+            elapsed = time.perf_counter() - started
+            if i >= 2:
+                times.append(elapsed)
+        if env.is_main:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            result = {"world_size": env.world_size, "numel": args.numel, "bytes": args.numel * 4,
+                      "median_seconds": statistics.median(times), "seconds": times}
+            out.write_text(json.dumps(result, indent=1))
+            print(f"[allreduce] {env.world_size} ranks, {args.numel * 4 / 1e6:.2f} MB float32: "
+                  f"median {statistics.median(times) * 1e3:.2f} ms over {args.repeats} repeats", flush=True)
+    except BaseException:
+        cleanup(env, wait_for_peers=False)
+        raise
+    cleanup(env)
+    exit_worker_if_distributed()
+
+
+if __name__ == "__main__":
+    main()
