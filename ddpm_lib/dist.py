@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -98,6 +99,19 @@ def cleanup(env: DistEnv, wait_for_peers: bool = True) -> None:
         if wait_for_peers:
             dist.barrier(group=env.control_group)
         dist.destroy_process_group()
+
+
+@contextmanager
+def distributed(device: str = "auto", threads: int = 0):
+    """``with distributed() as env:`` set up (see :func:`setup`), run the body, then leave the
+    group: after waiting for the peers when the body succeeded, at once when it raised."""
+    env = setup(device, threads)
+    try:
+        yield env
+    except BaseException:
+        cleanup(env, wait_for_peers=False)
+        raise
+    cleanup(env)
 
 
 def exit_worker_if_distributed() -> None:

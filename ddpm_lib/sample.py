@@ -31,8 +31,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_bytes, load_run
 from .diffusion import sample
-from .dist import DistEnv, cleanup, exit_worker_if_distributed, gather_objects
-from .dist import setup as dist_setup
+from .dist import DistEnv, distributed, exit_worker_if_distributed, gather_objects
 from .errors import DDPMError, cli
 from .schedules import make_schedule
 from .viz import as_uint8, class_grid
@@ -135,8 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         raise DDPMError(f"--steps must be between 1 and {cfg.diffusion.timesteps}, got {steps}")
     classes = resolve_classes(args.classes, class_names)
     labels = torch.tensor(classes).repeat_interleave(per_class)
-    env = dist_setup("auto")
-    try:
+    with distributed("auto") as env:
         model = model.to(env.device)
         sampler = args.sampler or s.sampler
         guidance = args.guidance if args.guidance is not None else s.guidance_scale
@@ -151,10 +149,6 @@ def main(argv: list[str] | None = None) -> None:
                 how = f"ddim {steps} steps" if sampler == "ddim" else f"ddpm {cfg.diffusion.timesteps} steps"
                 print(f"[sample] {len(labels)} images ({how}, guidance {guidance}) on {env.world_size} rank(s) in "
                       f"{time.time() - started:.1f}s -> {npz}, {grid}")
-    except BaseException:
-        cleanup(env, wait_for_peers=False)
-        raise
-    cleanup(env)
     exit_worker_if_distributed()
 
 

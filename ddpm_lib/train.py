@@ -45,9 +45,8 @@ from .checkpoint import atomic_save, ema_payload, load_checkpoint
 from .config import Config, diff_configs, load_config, save_config
 from .data import load_data
 from .diffusion import diffusion_loss
-from .dist import (DistEnv, any_rank, barrier, broadcast_module_, cleanup, exit_worker_if_distributed, gather_objects,
-                   mean_over_ranks)
-from .dist import setup as dist_setup
+from .dist import (DistEnv, any_rank, barrier, broadcast_module_, distributed, exit_worker_if_distributed,
+                   gather_objects, mean_over_ranks)
 from .ema import EMA
 from .errors import DDPMError, cli
 from .schedules import make_schedule
@@ -194,15 +193,8 @@ def train(cfg: Config, run_dir: str | Path, resume: str = "auto", progress: bool
     run, not of this call) with a snapshot, as an interruption would: calling again
     resumes. Notebooks use it to train in chunks; tests to check exact resumption.
     """
-    env = dist_setup(cfg.train.device, cfg.train.threads)
-    try:
-        with StopSignal() as stop:
-            result = _train(cfg, Path(run_dir), resume, progress, stop_after, env, stop)
-    except BaseException:
-        cleanup(env, wait_for_peers=False)
-        raise
-    cleanup(env)
-    return result
+    with distributed(cfg.train.device, cfg.train.threads) as env, StopSignal() as stop:
+        return _train(cfg, Path(run_dir), resume, progress, stop_after, env, stop)
 
 
 def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: int | None,

@@ -8,8 +8,8 @@ import sys
 import torch
 from torch.utils.data import DistributedSampler
 
-from ddpm_lib.dist import (any_rank, broadcast_module_, cleanup, exit_worker_if_distributed, gather_objects,
-                           mean_over_ranks, setup)
+from ddpm_lib.dist import (any_rank, broadcast_module_, distributed, exit_worker_if_distributed, gather_objects,
+                           mean_over_ranks)
 from ddpm_lib.ema import EMA
 
 
@@ -54,13 +54,8 @@ def collectives(env):
 
 
 if __name__ == "__main__":
-    env = setup("cpu")
-    assert env.world_size == 2 and env.backend == "gloo"
-    try:
+    with distributed("cpu") as env:
+        assert env.world_size == 2 and env.backend == "gloo"
         globals()[sys.argv[1]](env)
-    except BaseException:
-        cleanup(env, wait_for_peers=False)
-        raise
-    cleanup(env)
     print(f"rank {env.rank}: {sys.argv[1]} ok", flush=True)
     exit_worker_if_distributed()

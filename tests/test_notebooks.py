@@ -2,7 +2,6 @@
 top to bottom in quick mode (papermill, fresh kernel). Executed copies go to build/notebooks/."""
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ddpm_lib.dist import barrier, cleanup, exit_worker_if_distributed, setup
+from ddpm_lib.dist import barrier, distributed, exit_worker_if_distributed
 
 
 def main() -> None:
@@ -29,8 +29,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    env = setup("cpu", threads=1)
-    try:
+    with distributed("cpu", threads=1) as env:
         tensor = torch.ones(args.numel)
         times = []
         for i in range(args.repeats + 2):  # the first two are warm-up: connections, buffers
@@ -49,10 +48,6 @@ def main() -> None:
             out.write_text(json.dumps(result, indent=1))
             print(f"[allreduce] {env.world_size} ranks, {args.numel * 4 / 1e6:.2f} MB float32: "
                   f"median {statistics.median(times) * 1e3:.2f} ms over {args.repeats} repeats", flush=True)
-    except BaseException:
-        cleanup(env, wait_for_peers=False)
-        raise
-    cleanup(env)
     exit_worker_if_distributed()
 
 

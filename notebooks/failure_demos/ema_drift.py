@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ddpm_lib.config import load_config
 from ddpm_lib.data import load_digits, to_float
 from ddpm_lib.diffusion import diffusion_loss
-from ddpm_lib.dist import broadcast_module_, cleanup, exit_worker_if_distributed, gather_objects, setup
+from ddpm_lib.dist import broadcast_module_, distributed, exit_worker_if_distributed, gather_objects
 from ddpm_lib.ema import EMA
 from ddpm_lib.schedules import make_schedule
 from ddpm_lib.unet import build_unet
@@ -100,8 +100,7 @@ def main() -> None:
     p.add_argument("--decay", type=float, default=0.999)
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    env = setup("cpu", threads=1)
-    try:
+    with distributed("cpu", threads=1) as env:
         data = load_digits(8)
         results = {}
         for mode in ("ddp", "local", "local_sync"):
@@ -116,10 +115,6 @@ def main() -> None:
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps({"world_size": env.world_size, "args": vars(args), **results}, indent=1))
-    except BaseException:
-        cleanup(env, wait_for_peers=False)
-        raise
-    cleanup(env)
     exit_worker_if_distributed()
 
 
