@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .data import to_uint8
+
 
 def as_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """uint8 (N, C, H, W) from uint8 or float-in-[-1, 1] images."""
     images = torch.as_tensor(images)
-    if images.dtype == torch.uint8:
-        return images
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return images if images.dtype == torch.uint8 else to_uint8(images)
 
 
 def image_grid(images, nrow: int, scale: int = 1, pad: int = 2) -> Image.Image:
