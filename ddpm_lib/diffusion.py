@@ -76,9 +76,11 @@ def guided_eps(
     model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, null_class: int, guidance_scale: float
 ) -> torch.Tensor:
     """Noise estimate with classifier-free guidance (module docstring). One batched
-    forward pass of 2B images when guidance is on, one of B when ``s == 1``."""
+    forward pass of 2B images when guidance is on, one of B when ``s`` is 1 or 0."""
     if guidance_scale == 1.0:
         return model(x_t, t, y)
+    if guidance_scale == 0.0:  # the unconditional model alone
+        return model(x_t, t, torch.full_like(y, null_class))
     eps_both = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_class)]))
     eps_cond, eps_uncond = eps_both.chunk(2)
     return eps_uncond + guidance_scale * (eps_cond - eps_uncond)

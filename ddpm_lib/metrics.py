@@ -11,6 +11,10 @@ serve as the feature space for domain FID/KID (``features``; ``num_features``).
 
 from __future__ import annotations
 
+import io
+import os
+import warnings
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,3 +139,196 @@ def class_accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Te
     per_class = (confusion.diag().float() / counts.clamp(min=1)).tolist()
     overall = (predicted == labels).float().mean().item()
     return ClassAccuracy(overall, per_class, counts.tolist(), confusion)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distribution metrics: FID, KID and IS through torchmetrics, in two feature spaces.
+#
+# FID (Heusel et al. 2017): ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^{1/2}) between
+# Gaussians fitted to features of real (r) and generated (g) images. KID (Binkowski et al.
+# 2018): the unbiased MMD^2 with the cubic kernel k(a, b) = (a.b / d + 1)^3, averaged over
+# random subsets; unbiased, so it can dip below 0. IS (Salimans et al. 2016):
+# exp E_x KL(p(y|x) || p(y)), between 1 and the number of classes.
+#
+# The standard versions use Inception-v3 features; offline we use the domain classifier's
+# 128-d penultimate features and its logits instead. Either number only means something next
+# to a real-vs-real baseline of the same size: FID is biased upward for small sets.
+# ---------------------------------------------------------------------------------------------
+
+INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_ENV = "DDPM_INCEPTION_WEIGHTS"
+
+
+class ClassifierFeatures(nn.Module):
+    """torchmetrics feature extractor over a :class:`DomainClassifier`: uint8 images
+    (B, C, H, W) -> penultimate features (B, 128) (``output="features"``) or logits (B, K)."""
+
+    def __init__(self, classifier: DomainClassifier, output: str = "features"):
+        super().__init__()
+        if output not in ("features", "logits"):
+            raise ValueError(f"output must be 'features' or 'logits', got {output!r}")
+        self.classifier, self.output = classifier.eval(), output
+        self.num_features = classifier.num_features if output == "features" else classifier.num_classes
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_float(images) if images.dtype == torch.uint8 else images.float()
+        x = x.to(next(self.classifier.parameters()).device)
+        return self.classifier.features(x) if self.output == "features" else self.classifier(x)
+
+
+class InceptionUnavailable(RuntimeError):
+    """The Inception-v3 weights could not be found or fetched; the message says how to provide them."""
+
+
+def inception_extractors(weights: str | Path | None = None) -> tuple[nn.Module, nn.Module]:
+    """Inception-v3 (the FID network, via torch-fidelity) as (pool features 2048-d, logits 1008-d).
+
+    ``weights``: a local copy of the torch-fidelity weights file; default ``$DDPM_INCEPTION_WEIGHTS``,
+    else torch-fidelity downloads it once into the torch hub cache (needs the internet).
+    Raises :class:`InceptionUnavailable` with a one-line how-to when neither works.
+    """
+    import socket
+
+    try:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+    except ImportError as err:
+        raise InceptionUnavailable(f"standard FID/KID/IS need torch-fidelity ({err}); pip install torch-fidelity") from None
+    weights = weights or os.environ.get(INCEPTION_ENV) or None
+    if weights is not None and not Path(weights).is_file():
+        raise InceptionUnavailable(f"Inception weights file {weights} does not exist; download {INCEPTION_URL} "
+                                   f"and pass its path (--inception-weights or ${INCEPTION_ENV})")
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # a blocked network fails in seconds instead of hanging
+    try:
+        with redirect_stderr(io.StringIO()):  # torch.hub's "Downloading: ..." line; failures are reported below
+            nets = tuple(NoTrainInceptionV3(name="inception-v3-compat", features_list=[f],
+                                            feature_extractor_weights_path=str(weights) if weights else None)
+                         for f in ("2048", "logits_unbiased"))
+    except Exception as err:  # URLError offline, a truncated file, ...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        where = f"loading {weights}" if weights else "downloading them"
+        raise InceptionUnavailable(f"Inception-v3 weights unavailable ({where} failed: {reason}); for standard "
+                                   f"FID/KID/IS download {INCEPTION_URL} and pass --inception-weights FILE "
+                                   f"or set ${INCEPTION_ENV}=FILE") from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+    nets[0].num_features, nets[1].num_features = 2048, 1008
+    return nets
+
+
+class _RGB(nn.Module):
+    """Feeds grey images to a 3-channel network by repeating the channel."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.num_features = net, net.num_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images)
+
+
+class Precomputed(nn.Module):
+    """Identity "feature extractor": lets torchmetrics consume features computed once
+    (B, num_features) instead of re-running the network on every comparison."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+@torch.no_grad()
+def extract(extractor: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """``extractor`` over uint8 images (N, C, H, W) in batches -> (N, D) float32 on the CPU."""
+    return torch.cat([extractor(chunk).float().cpu() for chunk in images.split(batch_size)])
+
+
+@contextmanager
+def _no_buffer_warning():
+    """torchmetrics warns that KID/IS keep every feature in memory; ours are small."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        yield
+
+
+def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FID between two feature sets (N, D) and (M, D), by torchmetrics' FrechetInceptionDistance."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    fid = FrechetInceptionDistance(feature=Precomputed(real.shape[1]), reset_real_features=True)
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    return float(fid.compute())
+
+
+def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = 50, seed: int = 0) -> tuple[float, float]:
+    """KID (mean, std over ``subsets`` random subsets of up to 1000) between two feature sets (torchmetrics)."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    with _no_buffer_warning():
+        kid = KernelInceptionDistance(feature=Precomputed(real.shape[1]), subsets=subsets,
+                                      subset_size=min(1000, len(real), len(fake)))
+    kid.update(real, real=True)
+    kid.update(fake, real=False)
+    with torch.random.fork_rng():  # torchmetrics draws the subsets from the global RNG
+        torch.manual_seed(seed)
+        mean, std = kid.compute()
+    return float(mean), float(std)
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
+    """IS (mean, std over ``splits``) from classifier logits (N, K), by torchmetrics' InceptionScore."""
+    from torchmetrics.image.inception import InceptionScore
+
+    with _no_buffer_warning():
+        score = InceptionScore(feature=Precomputed(logits.shape[1]), splits=splits)
+    score.update(logits)
+    with torch.random.fork_rng():  # the splits are a random permutation
+        torch.manual_seed(seed)
+        mean, std = score.compute()
+    return float(mean), float(std)
+
+
+def distribution_metrics(features: nn.Module, logits: nn.Module, reference: torch.Tensor, fake: torch.Tensor,
+                         baseline: torch.Tensor, seed: int = 0) -> dict:
+    """FID, KID and IS of ``fake`` against ``reference`` (uint8 (N, C, H, W) each), each beside
+    the same number computed for ``baseline``: real images disjoint from ``reference``, cut to
+    the size of ``fake`` so both suffer the same small-sample bias. Give ``baseline`` the class
+    counts of ``fake`` (:func:`ddpm_lib.evaluate.matched_baseline`): a random real subset's chance
+    class imbalance alone raises FID several-fold in a class-aware feature space. Every image set goes
+    through the networks once. Returns a flat dict: ``fid``, ``fid_real``, ``kid``, ``kid_std``,
+    ``kid_real``, ``is``, ``is_std``, ``is_real`` and ``n`` (images per compared set).
+    """
+    g = torch.Generator().manual_seed(seed)
+    n = min(len(fake), len(baseline))
+    fake = fake[torch.randperm(len(fake), generator=g)[:n]]
+    baseline = baseline[torch.randperm(len(baseline), generator=g)[:n]]
+    reference_features = extract(features, reference)
+    out = {}
+    for key, images in (("", fake), ("_real", baseline)):
+        f = extract(features, images)
+        out[f"fid{key}"] = frechet_distance(reference_features, f)
+        out[f"kid{key}"], kid_std = kernel_distance(reference_features, f, seed=seed)
+        out[f"is{key}"], is_std = inception_score(extract(logits, images), seed=seed)
+        if not key:
+            out["kid_std"], out["is_std"] = kid_std, is_std
+    out["n"] = n
+    return out
+
+
+def domain_metrics(classifier: DomainClassifier, reference: torch.Tensor, fake: torch.Tensor,
+                   baseline: torch.Tensor, seed: int = 0) -> dict:
+    """:func:`distribution_metrics` in the domain classifier's feature space (works offline)."""
+    return distribution_metrics(ClassifierFeatures(classifier, "features"), ClassifierFeatures(classifier, "logits"),
+                                reference, fake, baseline, seed)
+
+
+def inception_metrics(reference: torch.Tensor, fake: torch.Tensor, baseline: torch.Tensor,
+                      weights: str | Path | None = None, seed: int = 0) -> dict:
+    """:func:`distribution_metrics` with Inception-v3 (standard FID/KID/IS); raises
+    :class:`InceptionUnavailable` when the weights cannot be had."""
+    pool, logits = (_RGB(net) for net in inception_extractors(weights))
+    return distribution_metrics(pool, logits, reference, fake, baseline, seed)

@@ -3,11 +3,12 @@
     python -m ddpm_lib.sample --run runs/digits                       # settings from the run's config
     python -m ddpm_lib.sample --run runs/digits --per-class 16 --sampler ddim --steps 50 --guidance 2
     python -m ddpm_lib.sample --run runs/digits --classes three seven --sampler ddpm
+    python -m ddpm_lib.sample --run runs/digits --prompt "digit seven"    # text naming one class
     torchrun --standalone --nproc_per_node=2 -m ddpm_lib.sample --run-dir runs/digits
 
 Loads ``ema.pt`` (self-describing: config, class names, EMA weights) and writes
 ``samples/samples.npz`` (``images`` uint8 (N, C, H, W), ``labels`` int64 (N,),
-``class_names``) and ``samples/grid.png`` (one row per class) into the run directory.
+``class_names``, ``settings``: the sampling settings as JSON) and ``samples/grid.png`` (one row per class) into the run directory.
 
 The requested labels are cut into chunks of ``--batch-size``; chunk c is drawn from
 a generator seeded with ``seed + c`` and chunks are dealt round-robin to the ranks
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ from .checkpoint import atomic_write_bytes, load_run
 from .diffusion import sample
 from .dist import DistEnv, distributed, exit_worker_if_distributed, gather_objects
 from .errors import DDPMError, cli
+from .prompt import class_from_prompt
 from .schedules import make_schedule
 from .viz import as_uint8, class_grid
 
@@ -82,10 +85,12 @@ def generate(model, cfg, labels: torch.Tensor, sampler: str, steps: int, guidanc
 
 
 def save_samples(images: torch.Tensor, labels: torch.Tensor, class_names: list[str], out_dir: Path,
-                 name: str = "samples") -> tuple[Path, Path]:
-    """Write ``<name>.npz`` and ``<name>_grid.png``-style files atomically; return their paths."""
+                 name: str = "samples", settings: dict | None = None) -> tuple[Path, Path]:
+    """Write ``<name>.npz`` and ``<name>_grid.png``-style files atomically; return their paths.
+    ``settings`` (sampler, steps, guidance, ...) is stored beside the images as JSON."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, images=images.numpy(), labels=labels.numpy(), class_names=np.array(class_names))
+    np.savez_compressed(buffer, images=images.numpy(), labels=labels.numpy(), class_names=np.array(class_names),
+                        settings=np.array(json.dumps(settings or {})))
     npz_path = out_dir / f"{name}.npz"
     atomic_write_bytes(buffer.getvalue(), npz_path)
     grid_path = out_dir / ("grid.png" if name == "samples" else f"{name}_grid.png")
@@ -104,12 +109,20 @@ def load_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str
         return torch.from_numpy(f["images"]), torch.from_numpy(f["labels"]), [str(c) for c in f["class_names"]]
 
 
+def sample_settings(path: str | Path) -> dict:
+    """The sampling settings stored in a ``samples.npz`` ({} for files written without them)."""
+    with np.load(path) as f:
+        return json.loads(str(f["settings"])) if "settings" in f.files else {}
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m ddpm_lib.sample", description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", "--run", dest="run", required=True,
                    help="run directory holding ema.pt (under torchrun spell it --run-dir: torchrun's own parser takes --run for its --run-path)")
     p.add_argument("--per-class", type=int, help="images per class (default: the run's sample.per_class)")
     p.add_argument("--classes", nargs="+", help="class names or indices (default: every class)")
+    p.add_argument("--prompt", help='text naming one class, e.g. "a striped texture" or "digit seven" '
+                                    '(matched against the class names; see ddpm_lib.prompt)')
     p.add_argument("--sampler", choices=("ddpm", "ddim"), help="default: the run's sample.sampler")
     p.add_argument("--steps", type=int, help="DDIM steps (default: the run's sample.steps)")
     p.add_argument("--eta", type=float, help="DDIM eta: 0 deterministic, 1 DDPM-like (default: the run's)")
@@ -124,31 +137,34 @@ def parse_args(argv):
 @cli
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    model, cfg, class_names, _ = load_run(args.run)
+    model, cfg, class_names, ckpt = load_run(args.run)
     s = cfg.sample
     per_class = args.per_class if args.per_class is not None else s.per_class
-    steps = args.steps if args.steps is not None else s.steps
     if per_class < 1:
         raise DDPMError(f"--per-class must be at least 1, got {per_class}")
+    sampler = args.sampler or s.sampler
+    steps = args.steps if args.steps is not None else s.steps
     if not 1 <= steps <= cfg.diffusion.timesteps:
         raise DDPMError(f"--steps must be between 1 and {cfg.diffusion.timesteps}, got {steps}")
-    classes = resolve_classes(args.classes, class_names)
+    settings = {"sampler": sampler, "steps": steps if sampler == "ddim" else cfg.diffusion.timesteps,
+                "eta": args.eta if args.eta is not None else s.eta,
+                "guidance": args.guidance if args.guidance is not None else s.guidance_scale,
+                "seed": args.seed if args.seed is not None else s.seed, "train_step": ckpt["step"]}
+    if args.prompt and args.classes:
+        raise DDPMError("give either --classes or --prompt, not both")
+    classes = [class_from_prompt(args.prompt, class_names)] if args.prompt else resolve_classes(args.classes, class_names)
     labels = torch.tensor(classes).repeat_interleave(per_class)
     with distributed("auto") as env:
         model = model.to(env.device)
-        sampler = args.sampler or s.sampler
-        guidance = args.guidance if args.guidance is not None else s.guidance_scale
         started = time.time()
-        images = generate(model, cfg, labels, sampler=sampler, steps=steps, guidance_scale=guidance,
-                          eta=args.eta if args.eta is not None else s.eta,
-                          seed=args.seed if args.seed is not None else s.seed,
-                          batch_size=args.batch_size or s.batch_size, progress=not args.quiet, env=env)
+        images = generate(model, cfg, labels, sampler=sampler, steps=steps, guidance_scale=settings["guidance"],
+                          eta=settings["eta"], seed=settings["seed"], batch_size=args.batch_size or s.batch_size,
+                          progress=not args.quiet, env=env)
         if env.is_main:
-            npz, grid = save_samples(images, labels, class_names, Path(args.run) / "samples", args.name)
+            npz, grid = save_samples(images, labels, class_names, Path(args.run) / "samples", args.name, settings)
             if not args.quiet:
-                how = f"ddim {steps} steps" if sampler == "ddim" else f"ddpm {cfg.diffusion.timesteps} steps"
-                print(f"[sample] {len(labels)} images ({how}, guidance {guidance}) on {env.world_size} rank(s) in "
-                      f"{time.time() - started:.1f}s -> {npz}, {grid}")
+                print(f"[sample] {len(labels)} images ({sampler} {settings['steps']} steps, guidance "
+                      f"{settings['guidance']}) on {env.world_size} rank(s) in {time.time() - started:.1f}s -> {npz}, {grid}")
     exit_worker_if_distributed()
 
 

@@ -207,3 +207,71 @@ def plot_schedules(schedules: dict, ax=None):
     fig = ax[0].figure
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------
+# evaluation: confusion matrix, quality-vs-setting curves
+# ---------------------------------------------------------------------------------
+
+
+def plot_confusion(confusion, class_names: list[str], ax=None, title: str = "requested vs recognised class"):
+    """Confusion matrix (K, K) of counts, rows = requested class, columns = what the
+    classifier saw, shown as row fractions with the counts written in; returns the axes."""
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(confusion, dtype=float)
+    fractions = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    k = len(class_names)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.0 + 0.5 * k, 0.8 + 0.5 * k))
+    ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if counts[i, j]:
+                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if fractions[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), class_names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set(xlabel="classifier says", ylabel="requested", title=title)
+    return ax
+
+
+def plot_sweep(rows: list[dict], x: str, axes=None, title: str = ""):
+    """Class accuracy and domain FID (with its real-vs-real floor) against setting ``x``
+    ("steps" or "guidance") for rows from :func:`ddpm_lib.evaluate.quality_sweep`.
+    The full DDPM chain, if present, is drawn as a dashed reference line. Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    curve = [r for r in rows if r["sampler"] == "ddim" or x != "steps"]
+    full = [r for r in rows if r["sampler"] == "ddpm" and x == "steps"]
+    xs = [r[x] for r in curve]
+    for ax, key, label in ((axes[0], "class_accuracy", "class accuracy"), (axes[1], "fid", "domain FID (lower is better)")):
+        ax.plot(xs, [r[key] for r in curve], "o-", label="DDIM" if x == "steps" else "samples")
+        for r in full:
+            ax.axhline(r[key], color="C3", ls="--", label=f"DDPM, {r['steps']} steps")
+        if key == "fid":
+            ax.axhline(rows[0]["fid_real"], color="gray", ls=":", label="real vs real")
+            ax.set_ylim(bottom=0)
+        ax.set(xlabel="sampling steps" if x == "steps" else "guidance scale s", ylabel=label)
+        if x == "steps":
+            ax.set_xscale("log")
+            ax.set_xticks(xs, [str(v) for v in xs])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        axes[0].figure.suptitle(title)
+    return axes
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG atomically (a crash never leaves half a file)."""
+    import io
+
+    from .checkpoint import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    atomic_write_bytes(buffer.getvalue(), path)
+    return Path(path)

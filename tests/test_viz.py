@@ -93,3 +93,21 @@ def test_read_log_keeps_the_last_record_of_redone_steps(tmp_path):
     assert [(r["step"], r["loss"]) for r in read_log(tmp_path)] == [(5, 1.0), (10, 0.9), (15, 0.7), (20, 0.6)]
     assert len(read_log(tmp_path, latest_only=False)) == 5
     assert read_log(tmp_path / "missing") == []
+
+
+def test_confusion_and_sweep_plots(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ddpm_lib.viz import plot_confusion, plot_sweep, save_figure
+
+    ax = plot_confusion(torch.tensor([[3, 1], [0, 4]]), ["a", "b"])
+    assert [t.get_text() for t in ax.texts] == ["3", "1", "4"]  # zero cells stay blank
+    rows = [{"sampler": "ddim", "steps": s, "guidance": 2.0, "class_accuracy": a, "fid": f, "fid_real": 0.1}
+            for s, a, f in ((5, 0.9, 0.5), (50, 1.0, 0.2))]
+    rows.append({"sampler": "ddpm", "steps": 1000, "guidance": 2.0, "class_accuracy": 1.0, "fid": 0.19, "fid_real": 0.1})
+    axes = plot_sweep(rows, "steps")
+    assert list(axes[0].lines[0].get_xdata()) == [5, 50]  # the DDPM chain is a reference line, not a point
+    assert any("DDPM" in t.get_text() for t in axes[1].get_legend().get_texts())
+    path = save_figure(axes[0].figure, tmp_path / "sub" / "sweep.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
