@@ -11,7 +11,7 @@ NPROC  ?= 1
 QUICK  ?= 1
 TORCHRUN := $(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC)
 
-.PHONY: course test lab clean help
+.PHONY: course test lab clean help chromium
 
 help:
 	@echo "make course  train the default model with torchrun, sample, evaluate (creates .venv)"
@@ -50,8 +50,22 @@ course: $(VENV)/.runtime
 	echo "  EMA weights     $(RUN)/ema.pt" && \
 	echo "  notebooks       build/html/index.html (executed copies in build/notebooks/)"
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev chromium
 	$(PY) -m pytest -q
+
+# The browser test drives Debian's chromium through Playwright (never `playwright install`).
+# Installed with apt when missing (as root, or with passwordless sudo); otherwise the test
+# is skipped with a loud reason.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "warning: no apt-get; install chromium yourself or the browser test is skipped"; exit 0; fi; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  echo "installing chromium with apt-get (for the browser test) ..."; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; } || \
+	    echo "warning: could not install chromium; the browser test will be skipped"; }
 
 lab: $(VENV)/.runtime
 	$(VENV)/bin/jupyter lab notebooks/

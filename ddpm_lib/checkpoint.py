@@ -91,21 +91,44 @@ def ema_payload(cfg: Config, class_names: list[str], in_channels: int, ema_state
     }
 
 
-def load_run(run_dir: str | Path) -> tuple[ConditionalUNet, Config, list[str], dict]:
-    """Rebuild the EMA network of a run from ``run_dir/ema.pt`` alone.
+WEIGHTS = {"ema": "ema.pt: EMA weights (what sampling uses)",
+           "snapshot-ema": "snapshot.pt: EMA weights at the last snapshot",
+           "snapshot-raw": "snapshot.pt: raw training weights (no EMA)"}
 
-    Returns ``(model in eval mode on the CPU, config, class names, raw checkpoint)``.
+
+def available_weights(run_dir: str | Path) -> list[str]:
+    """Which of :data:`WEIGHTS` ``run_dir`` can provide (files present, not checked for corruption)."""
+    run_dir = Path(run_dir)
+    have = ["ema"] if (run_dir / "ema.pt").exists() else []
+    return have + (["snapshot-ema", "snapshot-raw"] if (run_dir / "snapshot.pt").exists() else [])
+
+
+def load_run(run_dir: str | Path, weights: str = "ema") -> tuple[ConditionalUNet, Config, list[str], dict]:
+    """Rebuild the network of a run: by default the EMA weights of ``run_dir/ema.pt``.
+
+    ``weights`` picks from :data:`WEIGHTS`: ``"snapshot-ema"`` / ``"snapshot-raw"`` read the EMA
+    or the raw weights of ``snapshot.pt`` (a run still training has only that).
+    Returns ``(model in eval mode on the CPU, config, class names, checkpoint)``; the
+    checkpoint dict always has ``"step"``.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DDPMError(f"run directory {run_dir} does not exist; train one with python -m ddpm_lib.train")
-    path = run_dir / "ema.pt"
-    if not path.exists():
-        raise DDPMError(f"{run_dir} has no ema.pt (weights); has its training finished? "
-                        f"resume it with python -m ddpm_lib.train --run-dir {run_dir}")
-    ckpt = load_checkpoint(path)
+    if weights not in WEIGHTS:
+        raise DDPMError(f"unknown weights {weights!r}; choose one of: {', '.join(WEIGHTS)}")
+    if weights == "ema":
+        path = run_dir / "ema.pt"
+        if not path.exists():
+            raise DDPMError(f"{run_dir} has no ema.pt (weights); has its training finished? "
+                            f"resume it with python -m ddpm_lib.train --run-dir {run_dir}")
+        ckpt = load_checkpoint(path)
+        state = ckpt["model"]
+    else:
+        ckpt = load_checkpoint(run_dir / "snapshot.pt")
+        ckpt["step"] = ckpt["state"]["step"]
+        state = ckpt["ema"]["model"] if weights == "snapshot-ema" else ckpt["model"]
     cfg = config_from_dict(ckpt["config"])
     names = ckpt["class_names"]
     model = build_unet(cfg.model, ckpt["in_channels"], len(names), cfg.data.img_size)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(state)
     return model.eval(), cfg, names, ckpt

@@ -33,3 +33,26 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> Non
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     for word in words:
         assert word in lines[0], (word, lines[0])
+
+
+# A small model that draws recognisable digits (the ``digits_quick`` preset: 8 px, 200
+# steps, about 30 s on 2 cores), shared by the evaluation, explorer and browser tests. Its
+# untrained twin (1 step) is the "worse model" the metrics must tell apart.
+def _train_quick(run_dir: Path, steps: int) -> Path:
+    from ddpm_lib.config import load_config
+    from ddpm_lib.train import train
+
+    train(load_config("digits_quick", [f"train.max_steps={steps}"]), run_dir, progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    torch.set_num_threads(2)
+    return _train_quick(tmp_path_factory.mktemp("runs") / "digits8", steps=200)
+
+
+@pytest.fixture(scope="session")
+def untrained_run(tmp_path_factory) -> Path:
+    torch.set_num_threads(2)
+    return _train_quick(tmp_path_factory.mktemp("runs") / "untrained", steps=1)

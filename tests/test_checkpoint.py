@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ddpm_lib.checkpoint as checkpoint
-from ddpm_lib.checkpoint import atomic_save, load_checkpoint
+from ddpm_lib.checkpoint import atomic_save, load_checkpoint, load_run
 from ddpm_lib.errors import DDPMError
 
 
@@ -59,3 +59,18 @@ def test_load_errors(tmp_path):
     torch.save([1, 2, 3], foreign)
     with pytest.raises(DDPMError, match="not a ddpm_lib checkpoint"):
         load_checkpoint(foreign)
+
+
+def test_load_run_weights_choices(trained_run):
+    from ddpm_lib.checkpoint import WEIGHTS, available_weights
+    from ddpm_lib.errors import DDPMError
+
+    assert available_weights(trained_run) == list(WEIGHTS)
+    ema, _, _, ckpt = load_run(trained_run, "ema")
+    snap_ema, _, _, snap = load_run(trained_run, "snapshot-ema")
+    raw, _, _, _ = load_run(trained_run, "snapshot-raw")
+    assert ckpt["step"] == snap["step"] == 200
+    same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))  # noqa: E731
+    assert same(ema, snap_ema) and not same(ema, raw)  # the EMA is not the raw weights
+    with pytest.raises(DDPMError, match="unknown weights 'best'"):
+        load_run(trained_run, "best")
