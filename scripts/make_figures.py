@@ -5,12 +5,15 @@
 
 Figures that need no trained model (noising strips, the linear-vs-cosine GIF, schedule
 curves, the DistributedSampler sharding picture) are always made; the sample grid and
-the loss curve are made when the run directory exists (``make course`` creates it).
+the loss curve are made when the run directory exists (``make course`` creates it), and
+the confusion matrix and the DDIM-steps / guidance curves when its ``eval/`` holds them
+(``python -m ddpm_lib.evaluate --run-dir runs/digits --sweep steps`` and ``--sweep guidance``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import matplotlib
@@ -22,7 +25,8 @@ from torch.utils.data import DistributedSampler  # noqa: E402
 
 from ddpm_lib.data import load_digits, make_textures, to_float  # noqa: E402
 from ddpm_lib.schedules import cosine, linear  # noqa: E402
-from ddpm_lib.viz import noising_strip, plot_loss, plot_schedules, schedule_destruction_gif  # noqa: E402
+from ddpm_lib.viz import (noising_strip, plot_loss, plot_schedules, plot_sweep,  # noqa: E402
+                          schedule_destruction_gif)
 
 FIGURES = Path(__file__).resolve().parents[1] / "figures"
 STEPS = [0, 50, 100, 200, 300, 500, 700, 999]
@@ -83,6 +87,21 @@ def run_figures(run_dir: Path) -> list[Path]:
         ax.figure.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(ax.figure)
         paths.append(path)
+    confusion = run_dir / "eval" / "confusion.png"
+    if confusion.exists():
+        path = FIGURES / "digits_confusion.png"
+        path.write_bytes(confusion.read_bytes())
+        paths.append(path)
+    for kind, name in (("steps", "ddim_steps"), ("guidance", "guidance")):
+        sweep = run_dir / "eval" / f"sweep_{kind}.json"
+        if sweep.exists():
+            rows = json.loads(sweep.read_text())
+            axes = plot_sweep(rows, kind, title=f"default digits model: {rows[0]['n']} samples per setting "
+                                                f"(python -m ddpm_lib.evaluate --sweep {kind})")
+            path = FIGURES / f"{name}.png"
+            axes[0].figure.savefig(path, dpi=120, bbox_inches="tight")
+            plt.close(axes[0].figure)
+            paths.append(path)
     return paths
 
 
