@@ -254,6 +254,8 @@ def plot_sweep(rows: list[dict], x: str, axes=None, title: str = ""):
         if key == "fid":
             ax.axhline(rows[0]["fid_real"], color="gray", ls=":", label="real vs real")
             ax.set_ylim(bottom=0)
+        else:  # a 0.5-point dip should not fill the panel
+            ax.set_ylim(min(0.9, min(r[key] for r in rows) - 0.02), 1.01)
         ax.set(xlabel="sampling steps" if x == "steps" else "guidance scale s", ylabel=label)
         if x == "steps":
             ax.set_xscale("log")

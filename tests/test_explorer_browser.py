@@ -114,7 +114,8 @@ def test_explorer_in_headless_chromium_offline(voila_url):
         page.on("requestfailed", lambda r: failed.append(r.url))
         page.goto(voila_url, timeout=120_000)
         # the notebook generates a first grid of "seven"s while the page renders
-        page.wait_for_selector(".ddpm-message:has-text('x seven')", timeout=180_000)
+        # the final message ("16 x seven (DDIM ...") only; "generating 16 x seven ..." comes first
+        page.wait_for_selector(".ddpm-message:has-text('x seven (')", timeout=180_000)
         page.wait_for_function("document.querySelector('img.ddpm-grid') && document.querySelector('img.ddpm-grid').src",
                                timeout=30_000)
         before = page.evaluate(GRID_BYTES)
@@ -122,8 +123,8 @@ def test_explorer_in_headless_chromium_offline(voila_url):
 
         page.locator(".ddpm-class select").select_option(label="three")
         page.locator("button.ddpm-generate").click()
-        page.wait_for_selector(".ddpm-message:has-text('x three')", timeout=120_000)
-        deadline = time.time() + 30
+        page.wait_for_selector(".ddpm-message:has-text('x three (')", timeout=180_000)
+        deadline = time.time() + 60  # the image message follows the text message
         after = page.evaluate(GRID_BYTES)
         while after == before and time.time() < deadline:
             time.sleep(0.2)
