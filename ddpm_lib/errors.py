@@ -30,7 +30,10 @@ def cli(main: Callable[..., None]) -> Callable[..., None]:
         try:
             return main(*args, **kwargs)
         except DDPMError as err:
-            print(f"error: {err}", file=sys.stderr)
+            # one write() call: ranks sharing a pipe under torchrun cannot interleave within
+            # the line (print() writes the text and the newline separately)
+            sys.stderr.write(f"error: {err}\n")
+            sys.stderr.flush()
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper
