@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import WEIGHTS, available_weights, load_run
+from .checkpoint import WEIGHTS, atomic_write_bytes, available_weights, load_run
 from .diffusion import ddim_timesteps, sample
 from .errors import DDPMError
 from .prompt import class_from_prompt
@@ -245,8 +245,6 @@ class Explorer:
 
     def save(self) -> Path:
         """Write the last grid to ``RUN/explorer/<class>_<sampler><steps>_s<guidance>_seed<seed>.png``."""
-        from .checkpoint import atomic_write_bytes
-
         if not self.result:
             raise DDPMError("nothing to save yet: press Generate first")
         s = self.result["settings"]
