@@ -20,8 +20,8 @@ Every number is judged against the run's real data:
 The real data is split in two halves (stratified, seed 0): the *reference* half is what
 samples are compared with, and from the other half as many real images per class as there
 are samples per class give the real-vs-real baseline printed beside every FID/KID/IS
-(``fid_real`` ...). FID is biased
-upward for small sets, so only "samples vs baseline at the same size" means something.
+(``fid_real`` ...). FID is biased upward for small sets, so only "samples vs baseline at
+the same size" means something.
 
 Results go to ``RUN/metrics.json``; a sweep writes ``RUN/eval/sweep_<kind>.json`` and
 ``.png`` (class accuracy and domain FID against the setting).
