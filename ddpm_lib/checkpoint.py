@@ -131,4 +131,6 @@ def load_run(run_dir: str | Path, weights: str = "ema") -> tuple[ConditionalUNet
     names = ckpt["class_names"]
     model = build_unet(cfg.model, ckpt["in_channels"], len(names), cfg.data.img_size)
     model.load_state_dict(state)
-    return model.eval(), cfg, names, ckpt
+    # channels_last: -2 to +12% (median +7%) sampling throughput over 6 measurements on 2 CPU threads
+    # (scripts/bench.py); inputs of any layout work
+    return model.to(memory_format=torch.channels_last).eval(), cfg, names, ckpt

@@ -220,9 +220,13 @@ def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: 
 
     # Model (DDP-wrapped when distributed: gradients are averaged over ranks in backward),
     # optimizer, EMA, schedule, mixed precision.
-    net = build_unet(cfg.model, data.channels, data.num_classes, data.img_size).to(device)
+    # channels_last (NHWC) weights and batches: 0-7% more img/s on 2 CPU threads (scripts/bench.py, levers)
+    net = build_unet(cfg.model, data.channels, data.num_classes, data.img_size)
+    net = net.to(device, memory_format=torch.channels_last)
     model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed else net
-    optimizer = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    # fused AdamW: one kernel for the whole update (3-11% more img/s on 2 CPU threads, 5 runs of scripts/bench.py)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                  fused=device.type in ("cpu", "cuda"))
     amp_dtype = autocast_dtype(t.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = EMA(net, decay=t.ema_decay, warmup=t.ema_warmup)
@@ -276,7 +280,8 @@ def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: 
                             drop_last=True, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
                             generator=torch.Generator().manual_seed(t.seed + 1000 * state.epoch + env.rank))
         for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
             lr = lr_at(state.step, total_steps, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
