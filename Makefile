@@ -11,13 +11,14 @@ NPROC  ?= 1
 QUICK  ?= 1
 TORCHRUN := $(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC)
 
-.PHONY: course test lab clean help chromium
+.PHONY: course test bench lab clean help chromium
 
 help:
 	@echo "make course  train the default model with torchrun, sample, evaluate (creates .venv)"
 	@echo "             NPROC=2 for 2 ranks (batch size is per rank), PRESET=textures, RUN=runs/x,"
 	@echo "             QUICK=0 to run the notebooks full size"
 	@echo "make test    run the whole test suite (creates .venv)"
+	@echo "make bench   benchmark ddpm_lib against diffusers (about 20 min on 2 CPU cores; GPU mode on a GPU)"
 	@echo "make lab     open JupyterLab in notebooks/"
 
 $(PY):
@@ -66,6 +67,10 @@ chromium:
 	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
 	    { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; } || \
 	    echo "warning: could not install chromium; the browser test will be skipped"; }
+
+# Results are appended to scripts/benchmarks/results/<date>_<cpu|gpu>.jsonl; the README's tables come from there.
+bench: $(VENV)/.dev
+	$(PY) scripts/bench.py
 
 lab: $(VENV)/.runtime
 	$(VENV)/bin/jupyter lab notebooks/
