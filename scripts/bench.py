@@ -649,8 +649,8 @@ def gpu_predictions(batch_per_gpu: int = 128) -> list[dict]:
     return rows
 
 
-def report(path: Path) -> str:
-    """The README's tables (markdown) from a results file; redraws the figures too."""
+def report(path: Path, figures: bool = True) -> str:
+    """The README's tables (markdown) from a results file; with ``figures``, redraws the README's figures."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     out = []
     for section in ("throughput", "levers"):
@@ -700,7 +700,8 @@ def report(path: Path) -> str:
             out.append(f"| {r['ranks']} x {r['threads_per_rank']} | {r['img_per_s']:.0f} | {r['step_s'] * 1e3:.0f} | "
                        f"{r['forward_s'] * 1e3:.0f} | {r['backward_s'] * 1e3:.0f} | {r['optimizer_s'] * 1e3:.1f} | "
                        + comm)
-    draw_figures(rows)
+    if figures:
+        draw_figures(rows)
     return "\n".join(out)
 
 
@@ -870,7 +871,8 @@ def main(argv=None) -> None:
             for row in rows:
                 f.write(json.dumps({**row, "quick": args.quick}) + "\n")
         print(f"[bench] {section}: {len(rows)} rows in {time.time() - start:.0f} s", flush=True)
-    print(report(out))
+    # a quick run's numbers mean little: they never replace the committed figures
+    print(report(out, figures=not args.quick))
 
 
 if __name__ == "__main__":
