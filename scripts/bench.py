@@ -1,6 +1,6 @@
 """Benchmark ddpm_lib side by side with Hugging Face diffusers, in one process, on this machine.
 
-    python scripts/bench.py                          # CPU (2 threads): every section, about 20 minutes
+    python scripts/bench.py                          # CPU (2 threads): every section, about 35 minutes
     python scripts/bench.py --only throughput,levers # one or more of: throughput levers profile ttq scaling
     python scripts/bench.py --mode gpu               # on a GPU: bf16, cifar preset, batch 128 and 512
     python scripts/bench.py --quick                  # a few seconds per section: checks the script works
@@ -22,8 +22,9 @@ Sections (each row of the results file is one JSON object; see ``README.md#perfo
   reach 90% class accuracy, for ddpm_lib's default ``digits`` recipe (``ddpm_lib.train``) and
   for a baseline built the standard diffusers way (``UNet2DModel`` + ``DDPMScheduler``, linear
   schedule, lr 1e-4 with warm-up, no EMA, no guidance) on the same data, judged by the same
-  classifier, with the same training-time budget. Each recipe runs in its own child process
-  so its peak resident memory is its own.
+  classifier, with the same training-time budget; then the default recipe with one thing
+  changed towards the baseline at a time (schedule, learning rate, EMA, guidance). Each
+  recipe runs in its own child process so its peak resident memory is its own.
 * ``scaling`` (CPU): 1 rank x 2 threads against 2 gloo ranks x 1 thread under torchrun, the
   step split into compute and gradient all-reduce, and the ring all-reduce model of
   ``ddpm_lib.perf`` checked against it; then the model's prediction for 1-8 GPUs.
