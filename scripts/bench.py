@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -60,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 from ddpm_lib import perf  # noqa: E402
 from ddpm_lib.config import MODEL_PRESETS, load_config  # noqa: E402
 from ddpm_lib.data import load_digits, to_float  # noqa: E402
+from ddpm_lib.diffusion import q_sample  # noqa: E402
 from ddpm_lib.schedules import make_schedule  # noqa: E402
 from ddpm_lib.unet import ConditionalUNet, SelfAttention, count_parameters  # noqa: E402
 
@@ -125,6 +127,18 @@ def manual_attention(self, x, emb=None):
 
 # ---------------------------------------------------------------- one measured configuration
 
+@functools.lru_cache(maxsize=None)
+def training_images(img_size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, C, H, W) and labels (N,) to train on, made once per run: the embedded
+    digits for 1 channel, seeded random images (2,048 in 10 classes) for 3."""
+    if channels == 1:
+        digits = load_digits(img_size)
+        return digits.images, digits.labels
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2048, channels, img_size, img_size), generator=g, dtype=torch.uint8)
+    return images, torch.randint(0, NUM_CLASSES, (2048,), generator=g)
+
+
 class Case:
     """A model plus everything one training step and one sampling forward need."""
 
@@ -141,22 +155,15 @@ class Case:
         self.forward = network(self.module, compile)
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=1e-4, fused=fused or None,
                                            foreach=None if fused else True)
-        self.alpha_bar = make_schedule("cosine", 1000).alpha_bar.float().to(device)
-        g = torch.Generator().manual_seed(0)
-        digits = load_digits(img_size) if channels == 1 else None
-        if digits is not None:
-            self.images, self.labels = to_float(digits.images), digits.labels
-        else:
-            self.images = torch.rand(2048, channels, img_size, img_size, generator=g) * 2 - 1
-            self.labels = torch.randint(0, NUM_CLASSES, (2048,), generator=g)
-        self.images = self.images.to(device, memory_format=memory_format)
-        self.labels = self.labels.to(device)
+        self.schedule = make_schedule("cosine", 1000)
+        images, labels = training_images(img_size, channels)
+        self.images = to_float(images).to(device, memory_format=memory_format)
+        self.labels = labels.to(device)
         if data == "dataloader":
             from torch.utils.data import DataLoader
 
             from ddpm_lib.data import ImageDataset
-            dataset = ImageDataset((digits.images if digits is not None else
-                                    ((self.images.cpu() + 1) * 127.5).round().to(torch.uint8)), self.labels.cpu())
+            dataset = ImageDataset(images, labels)
             self.loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
                                      generator=torch.Generator().manual_seed(0))
             self.batches = iter(self.loader)
@@ -164,7 +171,7 @@ class Case:
             memory_format=memory_format)
         self.sample_t = torch.full((sample_batch,), 500, device=device, dtype=torch.long)
         self.sample_y = torch.randint(0, NUM_CLASSES + 1, (sample_batch,), device=device)
-        self.channels_last = memory_format
+        self.memory_format = memory_format
 
     def next_batch(self):
         if self.data_path == "dataloader":
@@ -173,7 +180,7 @@ class Case:
             except StopIteration:
                 self.batches = iter(self.loader)
                 x, y = next(self.batches)
-            return x.to(self.device, memory_format=self.channels_last), y.to(self.device)
+            return x.to(self.device, memory_format=self.memory_format), y.to(self.device)
         idx = torch.randint(0, len(self.images), (self.batch,), device=self.device)
         return self.images[idx], self.labels[idx]
 
@@ -181,8 +188,7 @@ class Case:
         x0, y = self.next_batch()
         t = torch.randint(0, 1000, (self.batch,), device=self.device)
         noise = torch.randn_like(x0)
-        ab = self.alpha_bar[t][:, None, None, None]
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        x_t = q_sample(self.schedule, x0, t, noise)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             return F.mse_loss(self.forward(x_t, t, y).float(), noise)
 
@@ -291,14 +297,21 @@ def case_rows(section: str, cases: list[Case], timings: dict, peak: float, env: 
 
 # ---------------------------------------------------------------- sections
 
+def mode_case(name: str, build, mode: dict, device, batch: int, model_changes: dict | None = None, **changes) -> Case:
+    """A :class:`Case` of ``build`` (``ours`` or ``theirs``) at the mode's preset, image size,
+    channels, dtype and sampling batch; ``changes`` override the case's settings."""
+    model = build(mode["preset"], mode["channels"], mode["img_size"], **(model_changes or {}))
+    settings = dict(device=device, batch=batch, sample_batch=mode["sample_batch"], dtype=mode["dtype"],
+                    img_size=mode["img_size"], channels=mode["channels"])
+    return Case(name, model, **{**settings, **changes})
+
+
 def run_throughput(args, mode: dict, device, peak: float, env: dict) -> list[dict]:
     """Both models at the same size, contiguous and channels_last, at each batch size."""
     rows = []
     for batch in args.batch_sizes or mode["batch_sizes"]:
-        common = dict(device=device, batch=batch, sample_batch=mode["sample_batch"], dtype=mode["dtype"],
-                      img_size=mode["img_size"], channels=mode["channels"])
-        shape = (mode["preset"], mode["channels"], mode["img_size"])
-        cases = [Case(name, build(*shape), channels_last=cl, variant="channels_last" if cl else "default", **common)
+        cases = [mode_case(name, build, mode, device, batch, channels_last=cl,
+                           variant="channels_last" if cl else "default")
                  for cl in (False, True) for name, build in (("ddpm_lib", ours), ("diffusers", theirs))]
         timings = measure(cases, args.repeats, args.train_iters, args.sample_iters)
         rows += case_rows("throughput", cases, timings, peak, env, mode["sample_batch"])
@@ -308,9 +321,6 @@ def run_throughput(args, mode: dict, device, peak: float, env: dict) -> list[dic
 def run_levers(args, mode: dict, device, peak: float, env: dict) -> list[dict]:
     """ddpm_lib's model with one change at a time against the plain (default) case."""
     batch = (args.batch_sizes or mode["batch_sizes"])[0]
-    common = dict(device=device, batch=batch, sample_batch=mode["sample_batch"], dtype=mode["dtype"],
-                  img_size=mode["img_size"], channels=mode["channels"])
-    shape = (mode["preset"], mode["channels"], mode["img_size"])
     size = mode["img_size"]
     variants = {
         "default": ({}, {}),
@@ -329,7 +339,7 @@ def run_levers(args, mode: dict, device, peak: float, env: dict) -> list[dict]:
     cases = []
     for variant, (model_changes, case_changes) in variants.items():
         torch.manual_seed(0)
-        cases.append(Case("ddpm_lib", ours(*shape, **model_changes), variant=variant, **common, **case_changes))
+        cases.append(mode_case("ddpm_lib", ours, mode, device, batch, model_changes, variant=variant, **case_changes))
     manual = next(c for c in cases if c.variant == "manual_attention")
     for module in manual.module.modules():
         if isinstance(module, SelfAttention):
@@ -368,13 +378,11 @@ def run_profile(args, mode: dict, device, peak: float, env: dict) -> list[dict]:
     """Where a training step's time goes (torch.profiler, self time per op, grouped)."""
     rows = []
     batch = (args.batch_sizes or mode["batch_sizes"])[0]
-    shape = (mode["preset"], mode["channels"], mode["img_size"])
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     for name, build in (("ddpm_lib", ours), ("diffusers", theirs)):
-        case = Case(name, build(*shape), device=device, batch=batch, sample_batch=2, dtype=mode["dtype"],
-                    img_size=mode["img_size"], channels=mode["channels"], fused=name == "ddpm_lib")
+        case = mode_case(name, build, mode, device, batch, sample_batch=2, fused=name == "ddpm_lib")
         for _ in range(3):
             case.train_step()
         with torch.profiler.profile(activities=activities) as prof:
