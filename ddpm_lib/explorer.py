@@ -18,7 +18,6 @@ set from code), which is how the tests drive it.
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from .diffusion import ddim_timesteps, sample
 from .errors import DDPMError
 from .prompt import class_from_prompt
 from .schedules import make_schedule
-from .viz import as_uint8, image_grid
+from .viz import as_uint8, image_grid, png_bytes
 
 MAX_FRAMES = 60  # trajectory frames kept per generation (evenly spaced steps)
 
@@ -41,12 +40,6 @@ def find_runs(root: str | Path = "runs") -> list[Path]:
     runs = [p for p in candidates if available_weights(p)]
     return sorted(runs, key=lambda p: max((p / f).stat().st_mtime for f in ("ema.pt", "snapshot.pt") if (p / f).exists()),
                   reverse=True)
-
-
-def _png(picture) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _scale_for(img_size: int, target: int = 64) -> int:
@@ -222,7 +215,7 @@ class Explorer:
         self.result = {"images": images, "steps": result.steps, "xt": result.xt, "x0": result.x0,
                        "settings": s, "seconds": seconds}
         scale = _scale_for(self.cfg.data.img_size)
-        self.grid.value = _png(image_grid(images, nrow=min(8, s["count"]), scale=scale))
+        self.grid.value = png_bytes(image_grid(images, nrow=min(8, s["count"]), scale=scale))
         self.which.max, self.which.value = s["count"] - 1, min(self.which.value, s["count"] - 1)
         self.frame.max = len(result.steps) - 1
         if self.frame.value == self.frame.max:
@@ -240,7 +233,7 @@ class Explorer:
             return
         i, k = self.which.value, min(self.frame.value, len(self.result["steps"]) - 1)
         pair = torch.stack([self.result["xt"][k][i].clamp(-1, 1), self.result["x0"][k][i]])
-        self.trajectory.value = _png(image_grid(pair, nrow=2, scale=_scale_for(self.cfg.data.img_size, 96)))
+        self.trajectory.value = png_bytes(image_grid(pair, nrow=2, scale=_scale_for(self.cfg.data.img_size, 96)))
         self.frame_label.value = f"t = {self.result['steps'][k]}"
 
     def save(self) -> Path:

@@ -37,7 +37,7 @@ from .dist import DistEnv, distributed, exit_worker_if_distributed, gather_objec
 from .errors import DDPMError, cli
 from .prompt import class_from_prompt
 from .schedules import make_schedule
-from .viz import as_uint8, class_grid
+from .viz import as_uint8, class_grid, png_bytes
 
 
 def resolve_classes(requested: list[str] | None, class_names: list[str]) -> list[int]:
@@ -94,9 +94,8 @@ def save_samples(images: torch.Tensor, labels: torch.Tensor, class_names: list[s
     npz_path = out_dir / f"{name}.npz"
     atomic_write_bytes(buffer.getvalue(), npz_path)
     grid_path = out_dir / ("grid.png" if name == "samples" else f"{name}_grid.png")
-    png = io.BytesIO()
-    class_grid(images, labels, class_names, per_row=min(16, max(1, int(torch.bincount(labels).max())))).save(png, "PNG")
-    atomic_write_bytes(png.getvalue(), grid_path)
+    grid = class_grid(images, labels, class_names, per_row=min(16, max(1, int(torch.bincount(labels).max()))))
+    atomic_write_bytes(png_bytes(grid), grid_path)
     return npz_path, grid_path
 
 

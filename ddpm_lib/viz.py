@@ -6,6 +6,7 @@ go out as PIL images, so notebooks can display them and scripts can save them.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -20,6 +21,13 @@ def as_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """uint8 (N, C, H, W) from uint8 or float-in-[-1, 1] images."""
     images = torch.as_tensor(images)
     return images if images.dtype == torch.uint8 else to_uint8(images)
+
+
+def png_bytes(picture: Image.Image) -> bytes:
+    """A PIL image encoded as PNG, in memory (for widgets and atomic writes)."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def image_grid(images, nrow: int, scale: int = 1, pad: int = 2) -> Image.Image:
@@ -269,8 +277,6 @@ def plot_sweep(rows: list[dict], x: str, axes=None, title: str = ""):
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Write a matplotlib figure as PNG atomically (a crash never leaves half a file)."""
-    import io
-
     from .checkpoint import atomic_write_bytes
 
     buffer = io.BytesIO()
