@@ -5,7 +5,8 @@ A run is described by one :class:`Config`, built in three layers::
     dataclass defaults  <-  ddpm_lib/configs/<preset>.yaml  <-  --set section.key=value
 
 Every key is checked: an unknown key gets the closest valid one suggested, a value
-of the wrong type is named with the type expected, and cross-field rules (the image
+of the wrong type is named with the type expected, a number must be finite and in its
+range (:data:`NUMBER_RANGES`), and cross-field rules (the image
 size must divide by the U-Net's downsampling factor) are checked before any work
 starts. The resolved config is saved as ``config.yaml`` in the run directory, and in
 every checkpoint, so a checkpoint alone rebuilds its model.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +28,17 @@ import yaml
 from .errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "configs"
+
+# Seeds live in [0, MAX_SEED]: numpy's legacy seeding takes < 2**32 and training adds the rank
+# (and sampling the chunk index) to the seed, so half that range leaves room for both.
+MAX_SEED = 2**31 - 1
+
+
+def check_seed(seed: int, what: str = "seed") -> int:
+    """``seed`` if it is an int in ``[0, MAX_SEED]``; otherwise a one-line :class:`ConfigError`."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{what} must be a whole number from 0 to {MAX_SEED}; got {seed!r}")
+    return seed
 
 
 @dataclass
@@ -67,7 +80,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # constant | cosine (decay to lr_min_ratio * lr)
     lr_min_ratio: float = 0.1
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max gradient norm (0: no clipping)
     ema_decay: float = 0.999
     ema_warmup: bool = True
     ema_sync_every: int = 100
@@ -77,6 +90,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads per rank (0: this machine's cores / ranks on it)
     device: str = "auto"  # auto (GPU if any) | cuda | cpu
     amp: str = "auto"  # auto (bf16 on GPUs that support it, else none) | bf16 | fp16 | none
+    deterministic: bool = False  # deterministic GPU kernels: repeatable runs, slower (README, Reliability)
 
 
 @dataclass
@@ -133,7 +147,7 @@ def load_config(preset: str | Path = "base", overrides: list[str] | tuple[str, .
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise ConfigError(f"override {item!r}: {section!r} is not a section")
-        raw[section][name] = yaml.safe_load(value) if value.strip() else None
+        raw[section][name] = _parse_override_value(item, value)
     return config_from_dict(raw)
 
 
@@ -145,8 +159,13 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
+def config_yaml(cfg: Config) -> str:
+    """The resolved config as the YAML text of a run's ``config.yaml``."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    Path(path).write_text(config_yaml(cfg))
 
 
 def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -162,7 +181,7 @@ def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that a single type check cannot do."""
+    """The checks a type check cannot do: choices, number ranges (floats finite), seeds, cross-field rules."""
     for dotted, allowed in CHOICES.items():
         section, name = dotted.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -171,6 +190,8 @@ def validate(cfg: Config) -> None:
     d, m, t = cfg.data, cfg.model, cfg.train
     if d.dataset == "folder" and not d.data_dir:
         raise ConfigError("data.dataset=folder needs data.data_dir (set it with --set data.data_dir=PATH)")
+    _check_class_names(d.classes)
+    _check_model_lists(m)
     factor = 2 ** (len(m.channel_mult) - 1)
     if d.img_size < 8 or d.img_size % factor:
         suggestion = max(factor * -(-8 // factor), round(d.img_size / factor) * factor)
@@ -178,32 +199,85 @@ def validate(cfg: Config) -> None:
             f"data.img_size={d.img_size} must be at least 8 and divisible by {factor}, the U-Net's "
             f"downsampling factor for model.channel_mult={m.channel_mult}; try {suggestion}"
         )
-    positive = {
-        "data.img_size": d.img_size, "data.per_class": d.per_class, "model.base_channels": m.base_channels,
-        "model.num_res_blocks": m.num_res_blocks, "model.num_heads": m.num_heads,
-        "diffusion.timesteps": cfg.diffusion.timesteps, "train.batch_size": t.batch_size,
-        "train.epochs": t.epochs, "train.lr": t.lr, "train.log_every": t.log_every,
-        "train.snapshot_every": t.snapshot_every, "sample.steps": cfg.sample.steps,
-        "sample.per_class": cfg.sample.per_class, "sample.batch_size": cfg.sample.batch_size,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive; got {value}")
+    _check_finite(cfg)
+    for key, (allows, rule) in NUMBER_RANGES.items():
+        value = _lookup(cfg, key)
+        if not allows(value):
+            raise ConfigError(f"{key} must be {rule}; got {value}")
     if m.base_channels % m.num_heads:
         raise ConfigError(f"model.base_channels={m.base_channels} must be divisible by model.num_heads={m.num_heads}")
-    for key, value in {"diffusion.p_uncond": cfg.diffusion.p_uncond, "train.ema_decay": t.ema_decay,
-                       "model.dropout": m.dropout, "sample.eta": cfg.sample.eta}.items():
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{key} must be between 0 and 1; got {value}")
-    if not 0 <= t.lr_min_ratio <= 1:
-        raise ConfigError(f"train.lr_min_ratio must be between 0 and 1; got {t.lr_min_ratio}")
     if cfg.sample.steps > cfg.diffusion.timesteps:
         raise ConfigError(f"sample.steps={cfg.sample.steps} cannot exceed diffusion.timesteps={cfg.diffusion.timesteps}")
-    for key in ("max_steps", "ema_sync_every", "threads", "lr_warmup_steps"):
-        if getattr(t, key) < 0:
-            raise ConfigError(f"train.{key} must be >= 0; got {getattr(t, key)}")
-    if d.num_workers < 0:
-        raise ConfigError(f"data.num_workers must be >= 0; got {d.num_workers}")
+    check_seed(t.seed, "train.seed")
+    check_seed(cfg.sample.seed, "sample.seed")
+
+
+# The schedules need a first and a last step: with T = 1 the linear schedule's only beta is
+# 0.1 (x_T keeps 95% of the image, so sampling from pure noise is wrong) and
+# NoiseSchedule.posterior_log_variance_clipped comes out empty.
+MIN_TIMESTEPS = 2
+
+# What each number accepts: (test, the rule as the error message words it).
+_POSITIVE = (lambda v: v > 0, "positive")
+_AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
+_FRACTION = (lambda v: 0 <= v <= 1, "between 0 and 1")
+NUMBER_RANGES = {
+    "data.img_size": _POSITIVE, "data.per_class": _POSITIVE, "data.num_workers": _AT_LEAST_0,
+    "model.base_channels": _POSITIVE, "model.num_res_blocks": _POSITIVE, "model.num_heads": _POSITIVE,
+    "model.dropout": _FRACTION,
+    "diffusion.timesteps": (lambda v: v >= MIN_TIMESTEPS, f"at least {MIN_TIMESTEPS} (try 1000, as in DDPM)"),
+    "diffusion.p_uncond": _FRACTION,
+    "train.batch_size": _POSITIVE, "train.epochs": _POSITIVE, "train.max_steps": _AT_LEAST_0,
+    "train.lr": _POSITIVE, "train.lr_warmup_steps": _AT_LEAST_0, "train.lr_min_ratio": _FRACTION,
+    "train.weight_decay": _AT_LEAST_0, "train.grad_clip": (_AT_LEAST_0[0], ">= 0, 0 for no clipping"),
+    "train.ema_decay": _FRACTION, "train.ema_sync_every": _AT_LEAST_0, "train.log_every": _POSITIVE,
+    "train.snapshot_every": _POSITIVE, "train.threads": _AT_LEAST_0,
+    "sample.steps": _POSITIVE, "sample.eta": _FRACTION, "sample.guidance_scale": _AT_LEAST_0,
+    "sample.per_class": _POSITIVE, "sample.batch_size": _POSITIVE,
+}
+
+
+def _lookup(cfg: Config, dotted: str) -> Any:
+    """The value of ``section.key`` in ``cfg``."""
+    section, name = dotted.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _check_finite(cfg: Config) -> None:
+    """Refuse NaN and infinity in every float field: NaN passes any range check (``nan <= 0`` is False)."""
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(sub):
+            continue
+        for f in dataclasses.fields(sub):
+            value = getattr(sub, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                key = f"{section.name}.{f.name}"
+                rule = f" ({NUMBER_RANGES[key][1]})" if key in NUMBER_RANGES else ""
+                raise ConfigError(f"{key} must be a finite number{rule}; got {value}")
+
+
+def _check_class_names(classes: list[str] | None) -> None:
+    """``data.classes`` is null or a list of distinct, non-blank names."""
+    if classes is None:
+        return
+    if not classes:
+        raise ConfigError("data.classes is an empty list; use null to keep every class")
+    if any(not name.strip() for name in classes):
+        raise ConfigError(f"data.classes={classes} holds an empty name; remove it")
+    repeated = [name for i, name in enumerate(classes) if name in classes[:i]]
+    if repeated:
+        raise ConfigError(f"data.classes={classes} lists {repeated[0]!r} twice; list each class once")
+
+
+def _check_model_lists(m: ModelConfig) -> None:
+    """``model.channel_mult`` has at least one level; both size lists hold positive numbers only."""
+    if not m.channel_mult:
+        raise ConfigError("model.channel_mult is empty; give one channel multiplier per U-Net level, e.g. [1, 2, 2]")
+    for key, values in (("model.channel_mult", m.channel_mult), ("model.attn_resolutions", m.attn_resolutions)):
+        bad = [v for v in values if v <= 0]
+        if bad:
+            raise ConfigError(f"{key}={values} must hold positive numbers only; got {bad[0]}")
 
 
 def _read_preset(preset: str | Path) -> dict[str, Any]:
@@ -218,13 +292,54 @@ def _read_preset(preset: str | Path) -> dict[str, Any]:
     elif not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ConfigError(f"config file {path} cannot be read ({reason}); give a readable UTF-8 YAML file") from None
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"{path}:{_yaml_error_where(err, text)} not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, not {type(raw).__name__}")
     raw.setdefault("name", path.stem)
     return raw
+
+
+def _parse_override_value(item: str, value: str) -> Any:
+    """The YAML value of the override ``item`` (``value`` is its part after ``=``; empty means null)."""
+    if not value.strip():
+        return None
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML: {_yaml_problem(err)}; check its "
+                          "brackets and quotes (a list: [1, 2, 2]; text with YAML symbols: 'quoted')") from None
+
+
+def _yaml_error_where(err: yaml.YAMLError, text: str) -> str:
+    """``"line:column:"`` (1-based) where PyYAML found ``err`` in ``text``, or ``""`` if it does not say."""
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:
+        return f"{mark.line + 1}:{mark.column + 1}:"
+    if isinstance(err, yaml.reader.ReaderError):  # a control character: PyYAML gives its offset only
+        before = text[:err.position]
+        return f"{before.count(chr(10)) + 1}:{err.position - before.rfind(chr(10))}:"
+    return ""
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's description of ``err`` on one line, without its multi-line source excerpt."""
+    if isinstance(err, yaml.reader.ReaderError):
+        code = err.character if isinstance(err.character, int) else ord(err.character)
+        return f"character #x{code:04x} is not allowed ({err.reason})"
+    problem = getattr(err, "problem", None)
+    if problem is None:
+        return " ".join(str(err).split())
+    context, mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and mark is not None:
+        return f"{problem} ({context} that starts at line {mark.line + 1}, column {mark.column + 1})"
+    return f"{problem} ({context})" if context else problem
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
