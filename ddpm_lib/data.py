@@ -14,13 +14,32 @@ the class names. The model sees them as ``float32`` in ``[-1, 1]`` (:func:`to_fl
     so the class is the *pattern*, never the colour.
 ``folder``
     Any ``root/<class>/<image>`` tree, e.g. DTD's ``images/`` or Animals-10's
-    ``raw-img/``; the class is the sub-folder name.
+    ``raw-img/``; the class is the sub-folder name. Each image is turned upright
+    (its EXIF orientation, as phone photos carry) and converted to 8-bit RGB by
+    rules that depend only on its PIL mode:
+
+    - 16-bit greyscale (``I;16*``): ``0..65535`` scaled to ``0..255``, rounded
+      (``round(v / 257)``). 16-bit colour PNGs and TIFFs PIL itself reads as 8-bit
+      ``RGB`` or ``RGBA``, keeping each sample's high byte.
+    - ``I`` (32-bit integers, e.g. from TIFF; PIL also decodes 16-bit PGM/PPM to
+      it): read as 16-bit ``0..65535`` like the above, values outside clipped.
+    - ``F`` (floats, e.g. float TIFFs): ``0..1`` scaled to ``0..255``; values
+      outside ``[0, 1]`` clipped, NaN read as 0.
+    - Transparency (``RGBA``, ``LA``, ``PA``, ``RGBa``, palette or colour-key
+      transparency): composited over a white background (:data:`BACKGROUND`), so
+      the arbitrary colour under transparent pixels never shows.
+    - ``CMYK``: PIL's conversion, without any ICC colour profile.
+    - ``1``, ``L``, ``P``, ``RGB``, ``YCbCr`` and anything else: PIL's ``convert("RGB")``.
+
+    ``check`` (below) warns about each of these steps that loses information or
+    assumes a range, with the number of images it applies to.
 
 Before training on a folder, check it from a shell::
 
     python -m ddpm_lib.data check --data-dir path/to/root
 
-which decodes every image and reports class counts, imbalance, sizes and bad files.
+which decodes every image and reports class counts, imbalance, sizes, modes and
+bit depths, bad files, and warnings about lossy conversions.
 """
 
 from __future__ import annotations
@@ -35,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -136,27 +155,43 @@ class ImageData:
         new_label[old_labels] = torch.arange(len(names))
         return ImageData(kept.images, new_label[kept.labels], names, self.name)
 
-    def dataset(self, hflip: bool = False) -> Dataset:
+    def dataset(self, hflip: bool = False, seed: int = 0) -> ImageDataset:
         """A torch ``Dataset`` of ``(float32 (C, H, W) in [-1, 1], int64 label)`` pairs.
 
-        ``hflip`` mirrors each item left-right with probability 0.5 (drawn from
-        torch's global RNG, so ``torch.manual_seed`` makes it repeatable).
+        ``hflip`` mirrors half of the images left-right, a new half each epoch
+        (:meth:`ImageDataset.set_epoch`), chosen from ``seed`` alone.
         """
-        return ImageDataset(self.images, self.labels, hflip)
+        return ImageDataset(self.images, self.labels, hflip, seed)
 
 
 class ImageDataset(Dataset):
-    """Items of an :class:`ImageData`, converted to floats one at a time."""
+    """Items of an :class:`ImageData`, converted to floats one at a time.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, hflip: bool = False):
-        self.images, self.labels, self.hflip = images, labels, hflip
+    With ``hflip``, whether image i is mirrored in an epoch is a pure function of
+    (``seed``, epoch, i): the same whichever DataLoader worker loads it, whatever was
+    drawn before, and after a resume mid-epoch. (Drawing flips from a random stream
+    would tie them to the worker's stream and the order of loading, and a resumed run
+    would flip other images than an uninterrupted one.)
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, hflip: bool = False, seed: int = 0):
+        self.images, self.labels, self.hflip, self.seed = images, labels, hflip, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose this epoch's flips: ``flips[i]`` (bool (N,)) drawn from a generator seeded by (seed, epoch)."""
+        self.epoch = epoch
+        if self.hflip:
+            seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, dtype=np.uint64)[0])
+            generator = torch.Generator().manual_seed(seed)
+            self.flips = torch.rand(len(self.images), generator=generator) < 0.5
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = to_float(self.images[index])
-        if self.hflip and torch.rand(()) < 0.5:
+        if self.hflip and self.flips[index]:
             image = image.flip(-1)
         return image, self.labels[index]
 
@@ -371,12 +406,111 @@ def _resize_and_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def _decode(path: Path, size: int) -> np.ndarray:
-    """Open, fully decode and square one image: uint8 array (size, size, 3)."""
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited over white
+ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
+SAMPLE_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}  # other modes: 8
+WIDE_RAWMODE_ENDINGS = (";16B", ";16L", ";16N")  # PIL raw modes that read 16-bit samples, e.g. "RGB;16B"
+
+# Conversions to 8-bit RGB that lose information or assume a range: check_data counts
+# the images each applies to and format_report prints "warning: N image(s) <note>".
+NOTE_16_BIT = "had 16-bit samples, reduced to 8 bits"
+NOTE_INT32 = "were 32-bit integer (mode I), read as 16-bit 0..65535 (values outside clipped) and reduced to 8 bits"
+NOTE_FLOAT = "were floating-point (mode F), read as 0..1 (values outside clipped) and reduced to 8 bits"
+NOTE_ALPHA = "had transparent pixels, composited over a white background"
+NOTE_CMYK = "were CMYK, converted to RGB without a colour profile (colours may shift)"
+
+
+def _sample_bits(image: Image.Image) -> int:
+    """Bits per sample in the file (1, 8, 16 or 32), from PIL's mode or raw mode.
+
+    Call it before ``image.load()``, which forgets the raw mode: that is the only
+    trace of 16-bit colour PNGs and TIFFs, which PIL reads as 8-bit RGB(A).
+    """
+    tile_args = image.tile[0][3] if image.tile else None
+    rawmode = tile_args if isinstance(tile_args, str) else \
+        tile_args[0] if isinstance(tile_args, tuple) and tile_args and isinstance(tile_args[0], str) else ""
+    if rawmode.endswith(WIDE_RAWMODE_ENDINGS):
+        return 16  # also 16-bit PGM/PPM, which PIL decodes to mode I
+    return SAMPLE_BITS.get(image.mode, 8)
+
+
+def _read_upright(path: Path, size: int | None = None) -> tuple[Image.Image, int]:
+    """Fully decode the image at ``path`` and turn it upright (EXIF orientation).
+
+    Returns the image, in the mode PIL decoded, and its bits per sample (:func:`_sample_bits`).
+    With ``size``, JPEGs decode at a reduced scale, no smaller than ``2 * size``: much faster.
+    """
     with Image.open(path) as image:
-        image.draft(None, (2 * size, 2 * size))  # JPEGs only: decode at reduced scale, much faster
+        if size is not None:
+            image.draft(None, (2 * size, 2 * size))
+        bits = _sample_bits(image)
         image.load()  # decode now, so that truncated files fail here
-        image = image.convert("RGB")
+        ImageOps.exif_transpose(image, in_place=True)
+    return image, bits
+
+
+def _wide_to_8bit(image: Image.Image) -> Image.Image:
+    """A mode ``I;16*``, ``I`` or ``F`` image -> 8-bit ``L``, or ``LA`` if it has a transparency key.
+
+    Integers are read as 16-bit (``0..65535`` -> ``0..255``, rounded, values outside
+    clipped); floats as ``0..1`` (clipped, NaN as 0).
+    """
+    samples = np.asarray(image)  # (H, W): uint16 (either byte order), int32 or float32
+    if image.mode == "F":
+        grey = np.rint(np.clip(np.nan_to_num(samples, nan=0.0), 0.0, 1.0) * 255)
+    else:
+        # round(v * 255 / 65535) in integers: 65535 is odd, so there is never a tie
+        grey = (np.clip(samples, 0, 65535).astype(np.uint32) * 255 + 32767) // 65535
+    grey = Image.fromarray(grey.astype(np.uint8))
+    key = image.info.get("transparency")  # a 16-bit PNG's tRNS: the one fully transparent grey level
+    if isinstance(key, int):
+        return Image.merge("LA", (grey, Image.fromarray(np.where(samples == key, 0, 255).astype(np.uint8))))
+    return grey
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    """Whether ``image`` carries transparency: an alpha band, an alpha palette or a transparency key."""
+    return (image.mode in ALPHA_MODES or "transparency" in image.info
+            or (image.mode == "P" and image.palette is not None and image.palette.mode == "RGBA"))
+
+
+def _composite_over_background(image: Image.Image) -> tuple[Image.Image, bool]:
+    """``image`` with transparency -> 8-bit RGB over :data:`BACKGROUND`, and whether any pixel was transparent."""
+    rgba = image.convert("RGBA")
+    if rgba.getchannel("A").getextrema()[0] == 255:
+        return rgba.convert("RGB"), False
+    background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+    return Image.alpha_composite(background, rgba).convert("RGB"), True
+
+
+def _to_rgb(image: Image.Image, bits: int = 8) -> tuple[Image.Image, list[str]]:
+    """Any decoded image -> (8-bit ``RGB`` image of the same size, the NOTE_* that applied).
+
+    ``bits`` is the file's bits per sample (:func:`_sample_bits`); it only affects the notes.
+    The rules are in the module docstring.
+    """
+    notes = []
+    if image.mode == "I" and bits == 32:
+        notes.append(NOTE_INT32)
+    elif image.mode == "F":
+        notes.append(NOTE_FLOAT)
+    elif bits == 16:
+        notes.append(NOTE_16_BIT)
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _wide_to_8bit(image)
+    if _has_alpha(image):
+        image, composited = _composite_over_background(image)
+        if composited:
+            notes.append(NOTE_ALPHA)
+    elif image.mode == "CMYK":
+        notes.append(NOTE_CMYK)
+    return (image if image.mode == "RGB" else image.convert("RGB")), notes
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    """Open, fully decode, turn upright, convert to 8-bit RGB and square one image: uint8 array (size, size, 3)."""
+    image, bits = _read_upright(path, size)
+    image, _ = _to_rgb(image, bits)
     return np.asarray(_resize_and_crop(image, size))
 
 
@@ -384,9 +518,11 @@ def load_folder(root, img_size: int, classes: list[str] | None = None, progress:
     """Load a ``root/<class>/<image>`` tree into memory, one class per sub-folder.
 
     Classes are the sub-folder names, sorted (or in the order of ``classes``, which
-    keeps only those folders). Each image is resized so its shorter side is
-    ``img_size`` and centre-cropped to a square. Images are RGB, ``(N, 3, S, S)``
-    uint8, unless every image is grayscale (R = G = B), then ``(N, 1, S, S)``.
+    keeps only those folders). Each image is turned upright (EXIF orientation),
+    converted to 8-bit RGB by the rules in the module docstring (16-bit and float
+    images scaled, transparency composited over white), resized so its shorter
+    side is ``img_size`` and centre-cropped to a square. Images are RGB,
+    ``(N, 3, S, S)`` uint8, unless every image is grayscale (R = G = B), then ``(N, 1, S, S)``.
     Raises DataError for a missing root, missing or empty class folders and any
     unreadable image.
     """
@@ -454,8 +590,11 @@ class DataReport:
     """What :func:`check_data` found in a ``root/<class>/<image>`` tree.
 
     ``class_counts`` counts the images that decoded; ``unreadable`` lists
-    ``(path, reason)`` for the others; ``sizes`` counts ``(width, height)`` and
-    ``modes`` PIL colour modes of the readable images; ``ignored`` counts non-image files.
+    ``(path, reason)`` for the others; ``sizes`` counts ``(width, height)`` (upright,
+    as loaded), ``modes`` PIL colour modes and ``depths`` ``(mode, bits per sample)``
+    of the readable images; ``conversions`` maps each NOTE_* (a lossy or assuming
+    step of the conversion to 8-bit RGB) to the paths it applied to; ``ignored``
+    counts non-image files.
     """
 
     root: str
@@ -464,6 +603,8 @@ class DataReport:
     sizes: Counter = field(default_factory=Counter)
     modes: Counter = field(default_factory=Counter)
     ignored: int = 0
+    depths: Counter = field(default_factory=Counter)
+    conversions: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def imbalance_ratio(self) -> float:
@@ -486,6 +627,11 @@ class DataReport:
         return problems
 
     @property
+    def warnings(self) -> list[str]:
+        """Conversions worth knowing about, one line each; they do not make the folder unusable."""
+        return [f"{len(paths)} image(s) {note} (e.g. {paths[0]})" for note, paths in self.conversions.items()]
+
+    @property
     def ok(self) -> bool:
         return not self.problems
 
@@ -493,6 +639,8 @@ class DataReport:
 def check_data(root, progress: bool = False) -> DataReport:
     """Decode every image under ``root/<class>/`` and report what was found.
 
+    Each image goes through the same decoding and conversion to 8-bit RGB as
+    :func:`load_folder` (at full size), so a file that fails there is listed here.
     Raises DataError only if ``root`` is missing, not a folder, or has no class
     folders; empty classes and bad files end up in the report.
     """
@@ -506,18 +654,23 @@ def check_data(root, progress: bool = False) -> DataReport:
         files += images
     for path in tqdm(files, desc=f"checking {root.name}", unit="img", disable=not progress or len(files) <= 200):
         try:
-            with Image.open(path) as image:
-                image.load()  # decode every pixel: truncated files only fail here
-                report.sizes[image.size] += 1
-                report.modes[image.mode] += 1
-            report.class_counts[path.parent.name] += 1
+            image, bits = _read_upright(path)
+            _, notes = _to_rgb(image, bits)
         except Exception as error:  # PIL raises many types: OSError, SyntaxError, ValueError, ...
             report.unreadable.append((str(path), _describe(error)))
+            continue
+        report.class_counts[path.parent.name] += 1
+        report.sizes[image.size] += 1
+        report.modes[image.mode] += 1
+        report.depths[image.mode, bits] += 1
+        for note in notes:
+            report.conversions.setdefault(note, []).append(str(path))
     return report
 
 
 def format_report(report: DataReport, bar_width: int = 30) -> str:
-    """The report as text: a class table with bars, sizes, modes, bad files, a verdict."""
+    """The report as text: a class table with bars, sizes, modes and bit depths, bad files,
+    warnings about lossy conversions, and a last line with the verdict: "OK" or "PROBLEMS: ..."."""
     counts = dict(sorted(report.class_counts.items()))
     largest = max(max(counts.values()), 1)
     name_width = max(len("class"), *(len(name) for name in counts))
@@ -533,11 +686,14 @@ def format_report(report: DataReport, bar_width: int = 30) -> str:
     lines.append(f"image sizes (w x h): {common_sizes or '-'}"
                  + (f" (+{other_sizes} other sizes)" if other_sizes else ""))
     lines.append("colour modes: " + (", ".join(f"{mode}: {n}" for mode, n in report.modes.most_common()) or "-"))
+    lines.append("mode / bits per sample: "
+                 + (", ".join(f"{mode} / {bits}: {n}" for (mode, bits), n in report.depths.most_common()) or "-"))
     if report.ignored:
         lines.append(f"ignored {report.ignored} non-image file(s)")
     if report.unreadable:
         lines.append(f"unreadable files ({len(report.unreadable)}):")
         lines += [f"  {path}  --  {reason}" for path, reason in report.unreadable]
+    lines += [f"warning: {warning}" for warning in report.warnings]
     lines.append("PROBLEMS: " + "; ".join(report.problems) if report.problems else "OK")
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ import itertools
 import math
 import time
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -119,12 +120,29 @@ def test_dataset_items_and_flips():
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1
     assert y.dtype == torch.int64 and y.item() == 1 and len(d.dataset()) == len(d)
     assert torch.equal(x, to_float(d.images[5]))
-    flipping = d.dataset(hflip=True)
-    torch.manual_seed(0)
-    items = [flipping[5][0] for _ in range(40)]
+    flipping = d.dataset(hflip=True, seed=3)
+    items = []
+    for epoch in range(40):
+        flipping.set_epoch(epoch)
+        items.append(flipping[5][0])
     flipped = sum(torch.equal(item, x.flip(-1)) for item in items)
     assert all(torch.equal(item, x) or torch.equal(item, x.flip(-1)) for item in items)
-    assert 8 < flipped < 32
+    assert 8 < flipped < 32  # a new coin per epoch
+
+
+def test_flips_are_a_function_of_seed_epoch_and_index():
+    # what a DataLoader worker, a resumed run or a different loading order sees: the same flips
+    d = make_textures(16, 4)
+    a, b = d.dataset(hflip=True, seed=1), d.dataset(hflip=True, seed=1)
+    a.set_epoch(2)
+    torch.manual_seed(123)  # the global RNG plays no part
+    forward = [a[i][0] for i in range(len(d))]
+    b.set_epoch(2)
+    backward = [b[i][0] for i in reversed(range(len(d)))][::-1]
+    assert all(torch.equal(f, g) for f, g in zip(forward, backward))
+    other_seed = d.dataset(hflip=True, seed=2)
+    other_seed.set_epoch(2)
+    assert not torch.equal(a.flips, other_seed.flips) and 0.2 < a.flips.float().mean() < 0.8
 
 
 # ------------------------------------------------------------------ folders
@@ -153,7 +171,8 @@ def test_load_folder(tree):
     d = load_folder(tree, 8, progress=False)
     assert d.images.shape == (4, 3, 8, 8) and d.images.dtype == torch.uint8
     assert d.class_names == ["cats", "dogs"] and d.labels.tolist() == [0, 0, 1, 1] and d.name == "images"
-    assert d.images[0, :, 4, 4].tolist() == [255, 0, 0] and d.images[2, :, 4, 4].tolist() == [0, 0, 255]
+    assert d.images[0, :, 4, 4].tolist() == [255, 0, 0]
+    assert d.images[2, :, 4, 4].tolist() == [127, 127, 255]  # blue at alpha 128 over white
     assert d.images[3, :, 4, 4].tolist() == [100, 100, 100]  # grayscale among colour: copied to 3 channels
 
 
@@ -286,3 +305,128 @@ def test_load_data_class_filter(tree):
     assert folder.class_names == ["dogs"]
     with pytest.raises(DataError, match=r"unknown class\(es\) ten .*valid: zero, one"):
         load_data(DataConfig(dataset="digits", classes=["ten"]))
+
+
+# ------------------------------------------------------------------ image modes and orientation
+
+
+def _gradient_16bit():
+    """A 64x64 uint16 ramp over 0..65535 and its 8-bit twin, round(v / 257)."""
+    wide = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+    return wide, np.round(wide / 257).astype(np.uint8)
+
+
+def _write_png_16bit_rgb(path, rgb):
+    """Save uint16 (H, W, 3) as a 16-bit colour PNG, which PIL can read but not write."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    height, width, _ = rgb.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb)  # filter type 0 per row
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def test_16_bit_and_32_bit_integer_images_load_like_their_8_bit_twin(tmp_path):
+    wide, narrow = _gradient_16bit()
+    root = tmp_path / "r"
+    for name in ("a8", "b16", "c16big", "d32"):
+        (root / name).mkdir(parents=True)
+    Image.fromarray(narrow).save(root / "a8" / "x.png")
+    Image.fromarray(wide).save(root / "b16" / "x.png")  # PIL mode I;16
+    Image.fromarray(wide.astype(">u2")).save(root / "c16big" / "x.tif")  # I;16B
+    Image.fromarray(wide.astype(np.int32)).save(root / "d32" / "x.tif")  # I, values within 0..65535
+    d = load_folder(root, 16, progress=False)
+    assert d.images.shape == (4, 1, 16, 16)
+    assert d.images[0].float().mean() == pytest.approx(127.5, abs=3)  # the 8-bit twin is a real ramp
+    for image in d.images[1:]:  # was 97.7% white before: convert("RGB") saturates 16-bit values
+        assert (image.int() - d.images[0].int()).abs().max() <= 1
+
+
+def test_float_images_read_as_0_to_1_clipped(tmp_path):
+    for name, value in [("a", -1.0), ("b", 0.25), ("c", 0.5), ("d", 7.0)]:
+        write_image(tmp_path / "f" / name / "x.tif", (8, 8), value, mode="F")
+    d = load_folder(tmp_path / "f", 4, progress=False)
+    assert d.images[:, 0, 2, 2].tolist() == [0, 64, 128, 255]
+
+
+def test_transparency_is_composited_over_white(tmp_path):
+    root = tmp_path / "t"
+    write_image(root / "a" / "rgba.png", (8, 8), (255, 0, 0, 0), mode="RGBA")  # red, fully transparent
+    write_image(root / "b" / "la.png", (8, 8), (0, 0), mode="LA")
+    write_image(root / "d" / "opaque.png", (8, 8), (0, 0, 255, 255), mode="RGBA")
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([255, 0, 0, 0, 255, 0])
+    palette.paste(1, (0, 0, 8, 4))  # top half green, bottom half red and transparent
+    (root / "c").mkdir()
+    palette.save(root / "c" / "p.png", transparency=0)
+    d = load_folder(root, 8, progress=False)
+    assert d.images[0, :, 4, 4].tolist() == [255, 255, 255] and d.images[1, :, 4, 4].tolist() == [255, 255, 255]
+    assert d.images[2, :, 1, 4].tolist() == [0, 255, 0] and d.images[2, :, 6, 4].tolist() == [255, 255, 255]
+    assert d.images[3, :, 4, 4].tolist() == [0, 0, 255]  # opaque pixels keep their colour
+
+
+def test_cmyk_jpeg_loads_in_colour(tmp_path):
+    write_image(tmp_path / "c" / "red" / "x.jpg", (16, 16), (0, 255, 255, 0), mode="CMYK")
+    write_image(tmp_path / "c" / "white" / "x.jpg", (16, 16), (0, 0, 0, 0), mode="CMYK")
+    red, white = load_folder(tmp_path / "c", 8, progress=False).images[:, :, 4, 4].tolist()
+    assert red[0] > 240 and max(red[1:]) < 15 and min(white) > 240
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    upright = Image.new("RGB", (32, 32), (255, 0, 0))
+    upright.paste((0, 0, 255), (0, 16, 32, 32))  # top half red, bottom half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as phone cameras write
+    (tmp_path / "e" / "phone").mkdir(parents=True)
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "e" / "phone" / "x.jpg", exif=exif.tobytes())
+    image = load_folder(tmp_path / "e", 16, progress=False).images[0]
+    assert image[0, :5].min() > 230 and image[2, :5].max() < 25  # top rows red
+    assert image[2, 11:].min() > 230 and image[0, 11:].max() < 25  # bottom rows blue
+
+
+def test_check_reports_bit_depths_and_warns_about_lossy_conversions(tmp_path):
+    wide, _ = _gradient_16bit()
+    root = tmp_path / "w"
+    (root / "grey").mkdir(parents=True)
+    Image.fromarray(wide).save(root / "grey" / "g16.png")
+    Image.fromarray(wide.astype(np.int32) * 2).save(root / "grey" / "i32.tif")
+    write_image(root / "grey" / "f.tif", (8, 8), 0.5, mode="F")
+    _write_png_16bit_rgb(root / "colour" / "rgb16.png", np.stack([wide, wide // 2, wide // 4], -1))
+    write_image(root / "colour" / "cmyk.jpg", (8, 8), (0, 255, 255, 0), mode="CMYK")
+    write_image(root / "colour" / "half.png", (8, 8), (0, 0, 255, 128), mode="RGBA")
+    report = check_data(root)
+    assert report.ok and report.problems == [] and report.class_counts == {"colour": 3, "grey": 3}
+    assert report.depths == {("I;16", 16): 1, ("I", 32): 1, ("F", 32): 1, ("RGB", 16): 1, ("CMYK", 8): 1,
+                             ("RGBA", 8): 1}
+    assert report.modes["I;16"] == 1  # the old field still counts modes
+    warned = {warning.split(" (e.g.")[0]: warning for warning in report.warnings}
+    assert set(warned) == {"2 image(s) had 16-bit samples, reduced to 8 bits",
+                           "1 image(s) were 32-bit integer (mode I), read as 16-bit 0..65535 "
+                           "(values outside clipped) and reduced to 8 bits",
+                           "1 image(s) were floating-point (mode F), read as 0..1 (values outside clipped) "
+                           "and reduced to 8 bits",
+                           "1 image(s) were CMYK, converted to RGB without a colour profile (colours may shift)",
+                           "1 image(s) had transparent pixels, composited over a white background"}
+    assert "half.png" in warned["1 image(s) had transparent pixels, composited over a white background"]
+    lines = format_report(report).splitlines()
+    assert "mode / bits per sample: " in "\n".join(lines) and "I;16 / 16: 1" in "\n".join(lines)
+    assert sum(line.startswith("warning: ") for line in lines) == 5 and lines[-1] == "OK"
+
+
+def test_check_of_an_8_bit_opaque_tree_has_no_warnings(tmp_path):
+    root = tmp_path / "plain"
+    write_image(root / "a" / "rgb.png", (8, 8), (1, 2, 3))
+    write_image(root / "a" / "photo.jpg", (8, 8), (200, 100, 50))
+    write_image(root / "b" / "grey.png", (8, 8), 7, mode="L")
+    write_image(root / "b" / "opaque.png", (8, 8), (1, 2, 3, 255), mode="RGBA")
+    write_image(root / "b" / "palette.gif", (8, 8), 3, mode="P")
+    report = check_data(root)
+    assert report.ok and report.warnings == [] and report.conversions == {}
+    assert {bits for _, bits in report.depths} == {8} and sum(report.depths.values()) == 5
+    assert "warning" not in format_report(report)
