@@ -13,12 +13,23 @@ then a no-op, so the same training code runs under ``python -m`` and ``torchrun`
 Backends: NCCL when every rank has its own CUDA device, gloo on CPU. A second,
 gloo "control" group carries tiny CPU messages (e.g. "stop now?") without
 synchronising the GPU.
+
+A rank must not outlive its launch. Under torchrun on POSIX systems, :func:`setup`
+starts a watchdog thread (:func:`start_orphan_watchdog`): within about a second of
+torchrun (the rank's parent) or the process that called ``launch.launch`` being gone,
+it sends its own rank SIGTERM, on which training saves a snapshot and stops and other
+programs end; a rank still alive ``ORPHAN_GRACE_S`` seconds later exits hard.
 """
 
 from __future__ import annotations
 
 import os
+import select
+import signal
+import stat
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -53,6 +64,103 @@ def read_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+LAUNCHER_PID_ENV = "DDPM_LAUNCHER_PID"  # set by launch.launch() to its own pid
+ORPHAN_POLL_S = 0.5
+ORPHAN_GRACE_S = 30.0  # as long as torchrun itself waits between its SIGTERM and SIGKILL
+_watchdog: threading.Thread | None = None
+
+
+def start_orphan_watchdog() -> None:
+    """Under torchrun on POSIX, stop this rank once torchrun or the launching process is gone.
+
+    A daemon thread checks every ``ORPHAN_POLL_S`` seconds whether this process's parent
+    (torchrun's agent) has changed or the process named by ``DDPM_LAUNCHER_PID`` (set by
+    ``launch.launch``) has exited. Then it sends this process SIGTERM (the training loop
+    stops at the next step and saves a snapshot; a program without a handler ends) and
+    exits it hard if it is still alive ``ORPHAN_GRACE_S`` seconds later. Once the
+    launcher is gone, or stops reading the stdout pipe it gave us, the rank's stdout and
+    stderr go to the null device: printing to that pipe would raise while the rank stops
+    (on Linux torchrun sends SIGTERM the moment the launcher dies). Started once per
+    process; does nothing outside torchrun and on Windows.
+    """
+    global _watchdog
+    if _watchdog is not None or os.name != "posix" or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    launcher = os.environ.get(LAUNCHER_PID_ENV, "")
+    _watchdog = threading.Thread(target=_stop_when_orphaned, name="ddpm-orphan-watchdog", daemon=True,
+                                 args=(os.getppid(), int(launcher) if launcher.isdigit() else None))
+    _watchdog.start()
+
+
+def _stop_when_orphaned(agent: int, launcher: int | None) -> None:
+    """Once orphaned, SIGTERM this process; end it hard if it is still alive ``ORPHAN_GRACE_S`` later."""
+    _wait_until_orphaned(agent, launcher)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(128 + signal.SIGTERM)  # the status of a process killed by SIGTERM
+
+
+def _wait_until_orphaned(agent: int, launcher: int | None) -> None:
+    """Return once ``launcher`` (if any) has exited or ``agent`` is no longer our parent, silencing
+    this process as soon as the launcher is gone or stops reading our output."""
+    output = _output_pipe_poller() if launcher is not None else None
+    while True:
+        if launcher is not None and not _process_exists(launcher):
+            _silence_output()
+            # A SIGTERM on one rank stops them all at the next step, so first let every rank's
+            # watchdog (each polls on its own) notice and silence its rank as well.
+            time.sleep(2 * ORPHAN_POLL_S)
+            return
+        if os.getppid() != agent:
+            _tell_stderr(f"[dist] rank {read_env()[0]}: torchrun (pid {agent}) is gone; stopping this rank\n")
+            return
+        if output is not None and output.poll(ORPHAN_POLL_S * 1000):  # waits, like the sleep below
+            _silence_output()  # the launcher is dying, and on Linux torchrun SIGTERMs us right away
+            output = None
+        elif output is None:
+            time.sleep(ORPHAN_POLL_S)
+
+
+def _tell_stderr(message: str) -> None:
+    """Write ``message`` to stderr, unless nobody reads it any more."""
+    try:
+        sys.stderr.write(message)
+        sys.stderr.flush()
+    except OSError:
+        pass
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, but belongs to someone else
+        return True
+    return True
+
+
+def _output_pipe_poller() -> select.poll | None:
+    """A poll object that wakes when our stdout is a pipe whose reader is gone; None if stdout is no pipe."""
+    try:
+        if not hasattr(select, "poll") or not stat.S_ISFIFO(os.fstat(1).st_mode):
+            return None
+    except OSError:  # no stdout at all
+        return None
+    poller = select.poll()
+    poller.register(1, select.POLLERR)  # what a pipe reports once its last reader has closed it
+    return poller
+
+
+def _silence_output() -> None:
+    """Point this process's stdout and stderr at the null device."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def setup(device: str = "auto", threads: int = 0, timeout_minutes: float = 30.0) -> DistEnv:
     """Pick this rank's device and CPU threads and, for world size > 1, join the process group.
 
@@ -62,7 +170,9 @@ def setup(device: str = "auto", threads: int = 0, timeout_minutes: float = 30.0)
     The process group is created on a store prefixed by ``TORCHELASTIC_RESTART_COUNT``:
     after ``torchrun --max-restarts`` brings the workers back, keys left in the agent's
     store by the failed attempt would otherwise make the new group connect to dead peers.
+    Under torchrun it also starts :func:`start_orphan_watchdog`.
     """
+    start_orphan_watchdog()
     rank, local_rank, world_size = read_env()
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // ranks_here))

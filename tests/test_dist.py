@@ -3,11 +3,13 @@
 Covers: a 2-rank run; bitwise-exact resume across an interruption; a SIGKILLed worker
 brought back by --max-restarts; SIGTERM preemption; EMA sync; sampler sharding;
 distributed sampling equal to single-process sampling; two torchrun "nodes" on
-loopback; the launch helper; and the bad-input errors.
+loopback; the launch helper; ranks ending with the process that launched them; and
+the bad-input errors.
 """
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -23,7 +25,7 @@ from conftest import ROOT, TINY, assert_one_line_error, run_module
 from ddpm_lib.checkpoint import load_checkpoint
 from ddpm_lib.dist import setup
 from ddpm_lib.errors import DDPMError
-from ddpm_lib.launch import LaunchError, launch, port_in_use, run_dir_of, torchrun_command
+from ddpm_lib.launch import LaunchError, launch, parse_endpoint, port_in_use, run_dir_of, torchrun_command
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 SETS = [a for item in TINY + ["train.log_every=5", "train.snapshot_every=5", "train.threads=1"]
@@ -138,11 +140,13 @@ def test_sigterm_under_torchrun(tmp_path):
            *train_args(run, 2000, "--set", "train.log_every=1", "--set", "train.snapshot_every=1000")]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for_step(run, 5, proc)
-    for p in psutil.Process(proc.pid).children(recursive=True):  # as SLURM signals every task of the step
-        if "ddpm_lib.train" in " ".join(p.cmdline()):
+    # signal rank 1 alone (a node preempted before the others): every rank stops at the same step
+    for p in psutil.Process(proc.pid).children(recursive=True):
+        if "ddpm_lib.train" in " ".join(p.cmdline()) and p.environ().get("RANK") == "1":
             p.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-3000:]
+    assert "another rank received SIGTERM" in out  # rank 0 says why it stopped, not "stop_after"
     snapshot = final_weights(run)
     assert 5 <= snapshot["state"]["step"] < 2000 and len(snapshot["rng"]) == 2
 
@@ -266,3 +270,209 @@ def test_corrupt_snapshot_is_a_clear_error_and_is_kept(tmp_path):
     proc = run_module("train", "--config", "digits", "--run-dir", str(run))
     assert_one_line_error(proc, "snapshot.pt is corrupt or truncated")
     assert (run / "snapshot.pt").read_bytes() == b"PK\x03\x04 half a zip"  # nothing deleted or overwritten
+
+
+def live_processes_with(marker, but: subprocess.Popen) -> list[psutil.Process]:
+    """Processes (zombies and ``but`` excepted) whose command line contains ``marker``."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if str(marker) in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(p)
+    return [p for p in found if p.pid != but.pid]
+
+
+def wait_until(condition, timeout, failure):
+    """Poll ``condition`` every 0.1 s; AssertionError(failure()) if it is still false after ``timeout`` s."""
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(failure())
+        time.sleep(0.1)
+
+
+def gone(process: psutil.Process) -> bool:
+    """Whether ``process`` has ended (a zombie waiting for its parent counts as ended)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def kill_all(processes):
+    for p in processes:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guarantee holds on Linux")
+def test_launch_ranks_die_with_the_launching_process(tmp_path):
+    """A kernel that dies (restart, papermill timeout) takes torchrun and the training ranks with it."""
+    run = tmp_path / "orphaned"  # in every rank's and the agent's command line
+    args = train_args(run, 1_000_000, "--set", "train.epochs=100000", "--set", "train.device=cpu",
+                      "--set", "train.log_every=100000", "--set", "train.snapshot_every=100000")[2:]
+    code = f"from ddpm_lib.launch import launch\nlaunch('ddpm_lib.train', {args!r}, nproc=2, echo=False)"
+    log = tmp_path / "launcher.log"
+    with open(log, "w") as out:
+        launcher = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=ENV, stdout=out, stderr=out)
+    def spawned():  # torchrun's agent and its ranks
+        return live_processes_with(run, but=launcher)
+
+    try:
+        wait_until(lambda: len(spawned()) == 3 and (run / "config.yaml").exists() or launcher.poll() is not None,
+                   120, lambda: "the ranks never started")
+        assert launcher.poll() is None, log.read_text()[-2000:]
+        launcher.send_signal(signal.SIGTERM)  # no Python cleanup runs: the default action ends it at once
+        launcher.wait(timeout=10)
+        wait_until(lambda: not spawned(), 20, lambda: f"still alive: {[p.info['cmdline'][:4] for p in spawned()]}")
+    finally:
+        launcher.kill()
+        kill_all(spawned())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guarantee holds on Linux")
+def test_launch_sigkilled_launcher_stops_any_module(tmp_path):
+    """Even after SIGKILL, torchrun hears of its launcher's death and stops ranks that know nothing of ddpm_lib."""
+    (tmp_path / "sleeper.py").write_text("import time\ntime.sleep(300)\n")
+    marker = f"sleeper-{tmp_path.name}"
+    code = (f"from ddpm_lib.launch import launch\n"
+            f"launch('sleeper', [{marker!r}], nproc=1, env={{'PYTHONPATH': {str(tmp_path)!r}}}, echo=False)")
+    launcher = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    def spawned():  # torchrun's agent and its rank
+        return live_processes_with(marker, but=launcher)
+
+    try:
+        wait_until(lambda: len(spawned()) == 2, 60, lambda: "torchrun never started its rank")
+        launcher.kill()
+        launcher.wait(timeout=10)
+        wait_until(lambda: not spawned(), 20, lambda: f"still alive: {[p.info['cmdline'][:4] for p in spawned()]}")
+    finally:
+        launcher.kill()
+        kill_all(spawned())
+
+
+ORPHAN_RANK = """
+import os, signal, sys, time
+import ddpm_lib.dist as dist
+dist.ORPHAN_POLL_S, dist.ORPHAN_GRACE_S = 0.1, 1.0
+log = open(sys.argv[1], "a", buffering=1)
+def on_sigterm(*_):  # says so, as the training loop does, but does not stop the process
+    print("stopping", flush=True)
+    log.write("SIGTERM\\n")
+signal.signal(signal.SIGTERM, on_sigterm)
+dist.setup("cpu")
+log.write("ready\\n")
+while True:
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the rank watchdog runs on POSIX")
+@pytest.mark.parametrize("who_dies", ["torchrun", "launcher"])
+def test_orphaned_rank_stops_itself(tmp_path, who_dies):
+    """A rank whose torchrun agent or launching process is gone gets SIGTERM, and exits even if it ignores it."""
+    log = tmp_path / "rank.log"
+    launcher = subprocess.Popen(["sleep", "300"])
+    env = {**ENV, "TORCHELASTIC_RUN_ID": "test", "WORLD_SIZE": "1", "DDPM_LAUNCHER_PID": str(launcher.pid)}
+    agent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                              "print(subprocess.Popen(sys.argv[1:]).pid, flush=True)\ntime.sleep(300)",
+                              sys.executable, "-c", ORPHAN_RANK, str(log)],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    rank = psutil.Process(int(agent.stdout.readline()))
+    try:
+        wait_until(lambda: log.exists() and "ready" in log.read_text(), 60, lambda: "the rank never set up")
+        victim = agent if who_dies == "torchrun" else launcher
+        victim.kill()
+        victim.wait()
+        wait_until(lambda: gone(rank), 10,
+                   lambda: f"the rank outlived {who_dies}; its log: {log.read_text()!r}")
+        assert log.read_text() == "ready\nSIGTERM\n"  # asked to stop first, then ended by the grace timeout
+    finally:
+        for p in (agent, launcher):
+            p.kill()
+        kill_all([rank])
+
+
+@pytest.mark.skipif(not hasattr(select, "poll"), reason="needs poll()")
+def test_rank_stops_writing_to_a_pipe_nobody_reads(tmp_path):
+    """When the launcher dies, torchrun (on Linux) SIGTERMs the ranks at once: a rank that then says it is
+    stopping must not crash on the launcher's dead pipe before it has saved its snapshot."""
+    log = tmp_path / "rank.log"
+    launcher = subprocess.Popen(["sleep", "300"])
+    reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)  # launch()'s end of the pipe
+    env = {**ENV, "TORCHELASTIC_RUN_ID": "test", "WORLD_SIZE": "1", "DDPM_LAUNCHER_PID": str(launcher.pid)}
+    rank = subprocess.Popen([sys.executable, "-c", ORPHAN_RANK, str(log)], cwd=ROOT, env=env, stdout=reader.stdin)
+    reader.stdin.close()
+    try:
+        wait_until(lambda: log.exists() and "ready" in log.read_text(), 60, lambda: "the rank never set up")
+        reader.kill()
+        reader.wait()
+        time.sleep(1)  # the watchdog wakes as soon as the pipe loses its reader
+        rank.send_signal(signal.SIGTERM)  # as torchrun does
+        wait_until(lambda: "SIGTERM" in log.read_text() or rank.poll() is not None, 10, lambda: "no SIGTERM")
+        assert log.read_text() == "ready\nSIGTERM\n" and rank.poll() is None  # its print went nowhere, no error
+    finally:
+        for p in (rank, launcher, reader):
+            p.kill()
+
+
+BAD_LAUNCH_ARGUMENTS = [
+    ({"nproc": "abc"}, "nproc must be 'auto' or a whole number >= 1, got 'abc'"),
+    ({"nproc": 0}, "nproc must be 'auto' or a whole number >= 1, got 0"),
+    ({"nproc": -2}, "got -2"),
+    ({"nproc": "1.5"}, "got '1.5'"),
+    ({"nproc": 2.0}, "got 2.0"),
+    ({"max_restarts": -1}, "max_restarts must be a whole number >= 0, got -1"),
+    ({"nnodes": 0}, "nnodes must be a whole number >= 1, got 0"),
+    ({"nnodes": 2, "node_rank": 2, "rdzv_endpoint": "node0:29400"}, "node_rank=2 is out of range for nnodes=2"),
+    ({"node_rank": -1}, "node_rank must be a whole number >= 0"),
+    ({"nnodes": 2}, "nnodes=2 needs rdzv_endpoint='HOST:PORT'"),
+    ({"nnodes": 2, "rdzv_endpoint": "127.0.0.1:http"}, "rdzv_endpoint must be HOST:PORT with a port in 1-65535"),
+    ({"nnodes": 2, "node_rank": 1, "rdzv_endpoint": "node0:"}, "got 'node0:'"),
+    ({"nnodes": 2, "node_rank": 1, "rdzv_endpoint": ":29400"}, "got ':29400'"),
+    ({"nnodes": 2, "node_rank": 1, "rdzv_endpoint": "node0:70000"}, "got 'node0:70000'"),
+    ({"tail": -1}, "tail must be a whole number >= 0"),
+    ({"args": ["--config", "digits", "--run-dir"]}, "--run-dir has no value after it in args"),
+    ({"args": ["--run", "--config", "digits"]}, "--run has no value after it in args"),
+    ({"args": ["--config"]}, "--config has no value after it in args"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", BAD_LAUNCH_ARGUMENTS, ids=[str(k) for k, _ in BAD_LAUNCH_ARGUMENTS])
+def test_launch_refuses_bad_arguments_before_starting(monkeypatch, kwargs, message):
+    def refuse(*a, **k):
+        raise AssertionError("torchrun was started")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    with pytest.raises(DDPMError) as err:
+        launch("ddpm_lib.train", **{"nproc": 1, **kwargs})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_launch_reads_flags_and_endpoints_as_its_tools_do():
+    assert str(run_dir_of("ddpm_lib.sample", ["--run-dir=runs/a"])) == "runs/a"
+    assert str(run_dir_of("ddpm_lib.sample", ["--run", "runs/a", "--run-dir", "runs/b"])) == "runs/b"  # argparse: last
+    assert str(run_dir_of("ddpm_lib.train", ["--config=textures"])) == "runs/textures"
+    with pytest.raises(DDPMError, match="--run-dir has no value"):
+        run_dir_of("ddpm_lib.sample", ["--run-dir"])
+    assert parse_endpoint("node0") == ("node0", 29400)  # torchrun's default port
+    assert parse_endpoint(" 10.0.0.1:1234 ") == ("10.0.0.1", 1234)
+    assert parse_endpoint("[::1]") == ("[::1]", 29400) and parse_endpoint("[::1]:5") == ("[::1]", 5)
+
+
+def test_resume_with_another_world_size_completes_the_planned_epochs(tmp_path):
+    # 2 epochs of 1797 digits in batches of 32: 112 steps on 1 rank. Stopped at step 30 and resumed on
+    # 2 ranks, the rest of epoch 0 (1797 - 30 x 32 images) and epoch 1 take 13 + 28 steps of 2 x 32.
+    run = tmp_path / "grown"
+    args = ["-m", "ddpm_lib.train", "--config", "digits", *SETS, "--set", "train.epochs=2", "--run-dir", str(run)]
+    first = subprocess.run([sys.executable, *args, "--stop-after", "30"], cwd=ROOT, env=ENV, capture_output=True,
+                           text=True, timeout=240)
+    assert first.returncode == 0 and "stopped at step 30 of 112" in first.stdout, first.stdout + first.stderr
+    proc = torchrun(*args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "written by 1 rank(s), this run has 2" in proc.stdout and "done: 71 steps" in proc.stdout, proc.stdout
+    state = final_weights(run)["state"]
+    assert state["step"] == 71 and state["epoch"] == 1
+    assert 30 * 32 + (71 - 30) * 2 * 32 == 2 * (1797 // 32) * 32  # the planned images, all of them
