@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_save
+from .checkpoint import atomic_save, load_trusted_types
 from .data import ImageData, to_float
 
 
@@ -112,8 +112,8 @@ def load_or_train_classifier(data: ImageData, path: str | Path, progress: bool =
     key = {"name": data.name, "img_size": data.img_size, "channels": data.channels,
            "class_names": list(data.class_names), "n": len(data)}
     if path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if saved.get("key") == key:
+        saved = load_trusted_types(path, "classifier cache")  # a run's folder may come from elsewhere
+        if isinstance(saved, dict) and saved.get("key") == key and "model" in saved and "accuracy" in saved:
             model = DomainClassifier(data.channels, data.num_classes)
             model.load_state_dict(saved["model"])
             return model.eval(), saved["accuracy"]

@@ -2,6 +2,7 @@
 
     python -m ddpm_lib.train --config digits                        # one process
     python -m ddpm_lib.train --config textures --set train.epochs=20 --run-dir runs/tex
+    python -m ddpm_lib.train --run-dir runs/tex                     # continue a run: its own config
     python -m ddpm_lib.train --config digits --resume never         # refuse to touch an existing run
     torchrun --standalone --nproc_per_node=2 -m ddpm_lib.train --config digits       # 2 ranks (GPUs or CPU)
     torchrun --standalone --nproc_per_node=4 --max-restarts=3 -m ddpm_lib.train ...  # survive crashes
@@ -10,15 +11,18 @@ Distributed rules: every rank computes; rank 0 alone logs and writes snapshots; 
 batch size is per rank (global batch = batch_size x world size); each rank reads its
 own shard of every epoch (``DistributedSampler``) and draws its own noise (seed + rank).
 A snapshot holds every rank's RNG state, so a run interrupted at any step and resumed
-with the same world size ends bitwise identical to an uninterrupted one. SIGTERM
-(cluster preemption) saves a snapshot at the next step and exits cleanly.
+with the same world size ends bitwise identical to an uninterrupted one on the CPU (on
+GPUs, where some kernels are nondeterministic, with ``train.deterministic=true``).
+Resumed with another world size, the planned epochs complete (:func:`planned_steps`).
+SIGTERM (cluster preemption) saves a snapshot at the next step and exits cleanly.
 
 The program reads top to bottom: configuration, data, model and optimizer, resume,
 the loop, the final checkpoint. Outputs go to the run directory (``runs/<preset>`` by
 default): ``config.yaml``, ``log.jsonl``, ``snapshot.pt`` (full state, every
 ``train.snapshot_every`` steps and at the end), ``ema.pt`` (weights for sampling).
-Starting again in a run directory that holds a snapshot resumes from it
-(``--resume auto``, the default).
+Training writes only into a new or empty folder or into its own run
+(:func:`inspect_run_dir`). Starting again in a run directory that holds a snapshot
+resumes from it (``--resume auto``, the default).
 """
 
 from __future__ import annotations
@@ -26,29 +30,33 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import signal
 import sys
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_save, ema_payload, load_checkpoint
-from .config import Config, diff_configs, load_config, save_config
+from .checkpoint import (TEMP_SUFFIX, atomic_save, atomic_write_bytes, ema_payload, load_checkpoint,
+                         remove_stale_temp_files)
+from .config import Config, config_yaml, diff_configs, load_config
 from .data import load_data
 from .diffusion import diffusion_loss
 from .dist import (DistEnv, any_rank, barrier, broadcast_module_, distributed, exit_worker_if_distributed,
                    gather_objects, mean_over_ranks)
 from .ema import EMA
-from .errors import DDPMError, cli
+from .errors import DDPMError, cli, writing
 from .schedules import make_schedule
 from .unet import build_unet, count_parameters
 
@@ -58,16 +66,17 @@ warnings.filterwarnings("ignore", message="Grad strides do not match bucket view
 
 # Keys that may change when a run resumes; any other difference is refused.
 RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.log_every", "train.snapshot_every",
-                  "train.threads", "train.device", "data.num_workers")
+                  "train.threads", "train.device", "train.deterministic", "data.num_workers")
 
 
 @dataclass
 class TrainState:
-    """Where the loop is: ``step`` optimizer steps done, ``batch`` batches into ``epoch``."""
+    """Where the loop is: ``step`` optimizer steps done; ``seen`` images of ``epoch``'s shuffled
+    order used so far, by all ranks together (``batches x batch_size x world size``)."""
 
     step: int = 0
     epoch: int = 0
-    batch: int = 0
+    seen: int = 0
 
 
 class SkipFirst(Sampler):
@@ -83,6 +92,35 @@ class SkipFirst(Sampler):
         return max(len(self.sampler) - self.skip, 0)
 
 
+def skip_per_rank(seen: int, world_size: int) -> int:
+    """How many of its shard's indices each rank skips to resume an epoch after ``seen`` images.
+
+    ``DistributedSampler`` deals the epoch's permutation round-robin (rank r reads positions
+    r, r + W, ...), so after k batches of B on each of W ranks exactly the first ``k B W`` positions
+    were used, and ``seen / W`` per rank are skipped. Resumed with another world size W', rounding
+    up to whole positions re-reads nothing and skips at most W' - 1 images of that epoch.
+    """
+    return -(-seen // world_size)
+
+
+def planned_steps(state: TrainState, dataset_size: int, world_size: int, cfg: Config) -> int:
+    """The optimizer step at which the run ends, planned from where ``state`` is.
+
+    The rule for a run resumed with another world size: the planned *epochs* complete. The rest of
+    the current epoch and the remaining epochs are counted in batches of the new world size, so a
+    run started on 1 rank and resumed on 2 sees the same images, in about half the remaining steps;
+    ``train.max_steps`` (if set) still caps the step count. With an unchanged world size this is
+    ``epochs x batches per epoch``.
+    """
+    t = cfg.train
+    per_rank = dataset_size // world_size  # DistributedSampler with drop_last
+    per_epoch = per_rank // t.batch_size
+    this_epoch = max(0, per_rank - skip_per_rank(state.seen, world_size)) // t.batch_size
+    later = max(0, t.epochs - state.epoch - 1) * per_epoch
+    total = state.step + (this_epoch + later if state.epoch < t.epochs else 0)
+    return min(total, t.max_steps) if t.max_steps else total
+
+
 def lr_at(step: int, total_steps: int, cfg: Config) -> float:
     """Linear warm-up over ``lr_warmup_steps``, then constant or cosine decay to ``lr_min_ratio * lr``."""
     t = cfg.train
@@ -95,7 +133,12 @@ def lr_at(step: int, total_steps: int, cfg: Config) -> float:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every random stream of this process, as tensors and plain data (so snapshots load with
+    ``weights_only=True``): torch's, Python's ``random`` and numpy's legacy global generator."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -104,7 +147,9 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -118,23 +163,86 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def prepare_run_dir(run_dir: Path, cfg: Config, resume: str, write: bool = True) -> dict | None:
-    """Create ``run_dir`` (if ``write``) and return its snapshot to resume from, or None."""
+# What training writes into a run directory, and what sampling and evaluation add to it.
+RUN_FILES = ("config.yaml", "snapshot.pt", "ema.pt", "log.jsonl")
+RUN_EXTRAS = ("samples", "eval", "explorer", "metrics.json", "classifier.pt")
+
+
+def incompatible_keys(saved: dict, cfg: Config) -> list[str]:
+    """Config keys that differ between a run's saved config and ``cfg`` and may not change on resume."""
+    return [k for k in diff_configs(saved, cfg.to_dict()) if k not in RESUMABLE_KEYS and not k.startswith("sample.")]
+
+
+def inspect_run_dir(run_dir: Path, cfg: Config, resume: str) -> dict | None:
+    """Decide, reading only, whether training may write into ``run_dir``; return the snapshot to resume.
+
+    Training writes only into a new or empty folder, or into a run of its own with a compatible
+    config: one with ``snapshot.pt`` (resumed), or one killed before its first snapshot (only its
+    ``config.yaml``, of a compatible config, and ``log.jsonl``). Anything else - a folder of the
+    user's files, finished weights without a snapshot, another config - is refused with one line,
+    before a byte is written.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DDPMError(f"--run-dir {run_dir} is a file; give a folder: a new or empty one, or a run to resume")
     snapshot_path = run_dir / "snapshot.pt"
-    if resume == "never" and (snapshot_path.exists() or (run_dir / "ema.pt").exists()):
-        raise DDPMError(f"{run_dir} already holds a trained run; pass --resume auto to continue it "
-                        f"or choose another --run-dir")
-    snapshot = load_checkpoint(snapshot_path) if snapshot_path.exists() else None
-    if snapshot is not None:
-        changed = [k for k in diff_configs(snapshot["config"], cfg.to_dict())
-                   if k not in RESUMABLE_KEYS and not k.startswith("sample.")]
+    if snapshot_path.exists() or (run_dir / "ema.pt").exists():
+        if resume == "never":
+            raise DDPMError(f"{run_dir} already holds a trained run; pass --resume auto to continue it "
+                            f"or choose another --run-dir")
+        if not snapshot_path.exists():
+            raise DDPMError(f"{run_dir} holds trained weights (ema.pt) but no snapshot.pt to resume from; training "
+                            f"there would overwrite them: choose another --run-dir")
+        snapshot = load_checkpoint(snapshot_path)
+        if not isinstance(snapshot.get("state"), dict) or "rng" not in snapshot:
+            raise DDPMError(f"{snapshot_path} is not a training snapshot (no 'state' or 'rng' entry); "
+                            f"choose another --run-dir")
+        changed = incompatible_keys(snapshot["config"], cfg)
         if changed:
             raise DDPMError(f"{snapshot_path} was trained with a different config ({', '.join(changed)} differ); "
                             f"use a new --run-dir or the original settings")
-    if write:
+        return snapshot
+    contents = sorted(p.name for p in run_dir.iterdir() if not p.name.endswith(TEMP_SUFFIX)) \
+        if run_dir.is_dir() else []
+    if contents and not _unfinished_run(run_dir, cfg, contents):
+        listing = ", ".join(contents[:3]) + (f" and {len(contents) - 3} more" if len(contents) > 3 else "")
+        raise DDPMError(f"{run_dir} is not empty and is not a run of this config to resume (it holds {listing}); "
+                        f"training writes only into a new or empty folder or its own run: choose another --run-dir")
+    return None
+
+
+def _unfinished_run(run_dir: Path, cfg: Config, contents: list[str]) -> bool:
+    """A run of a compatible config killed before its first snapshot: ``config.yaml`` [+ ``log.jsonl``]."""
+    if "config.yaml" not in contents or not set(contents) <= {"config.yaml", "log.jsonl"}:
+        return False
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(saved, dict) and not incompatible_keys(saved, cfg)
+
+
+def claim_run_dir(run_dir: Path, cfg: Config, resume_step: int) -> None:
+    """Rank 0, after :func:`inspect_run_dir` allowed it: create the folder, write ``config.yaml``,
+    remove temporary files a killed write left, and drop the log records of steps after
+    ``resume_step`` (they are trained again, so the log tells one history)."""
+    with writing(run_dir, "create the run directory"):
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    return snapshot
+    remove_stale_temp_files(run_dir, RUN_FILES)
+    atomic_write_bytes(config_yaml(cfg).encode(), run_dir / "config.yaml")
+    log = run_dir / "log.jsonl"
+    if log.exists():
+        lines = log.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _logged_step(line) is not None and _logged_step(line) <= resume_step]
+        if kept != lines:
+            atomic_write_bytes("".join(kept).encode(), log)
+
+
+def _logged_step(line: str) -> int | None:
+    """The step of a ``log.jsonl`` line, or None for a line cut short by a kill."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class ProgressBar:
@@ -193,8 +301,33 @@ def train(cfg: Config, run_dir: str | Path, resume: str = "auto", progress: bool
     run, not of this call) with a snapshot, as an interruption would: calling again
     resumes. Notebooks use it to train in chunks; tests to check exact resumption.
     """
-    with distributed(cfg.train.device, cfg.train.threads) as env, StopSignal() as stop:
+    with distributed(cfg.train.device, cfg.train.threads) as env, StopSignal() as stop, \
+            deterministic_kernels(cfg.train.deterministic):
         return _train(cfg, Path(run_dir), resume, progress, stop_after, env, stop)
+
+
+@contextmanager
+def deterministic_kernels(enabled: bool):
+    """With ``enabled``, only deterministic kernels inside the block (``train.deterministic``).
+
+    On the CPU our training is deterministic anyway. On GPUs some kernels (atomic adds in
+    convolution and attention backward passes, cuDNN autotuning) are not, so two runs, or a
+    run and its resumption, drift apart in the last bits; this switch trades some speed for
+    repeatability (PyTorch's "Reproducibility" notes). An op without a deterministic kernel
+    then raises instead of silently differing. The previous settings return afterwards.
+    """
+    if not enabled:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic workspace
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
 
 
 def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: int | None,
@@ -205,18 +338,15 @@ def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: 
     random.seed(t.seed + env.rank)
     np.random.seed(t.seed + env.rank)
 
-    # Data: held in memory; each rank reads its own shard, reshuffled every epoch from (seed, epoch).
+    # Data: held in memory; each rank reads its own shard, reshuffled every epoch from (seed, epoch);
+    # flips, if any, are a function of (seed, epoch, image index), wherever the image is loaded.
     data = load_data(cfg.data, progress=progress and env.is_main)
-    dataset = data.dataset(hflip=cfg.data.hflip)
+    dataset = data.dataset(hflip=cfg.data.hflip, seed=t.seed)
     sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                  seed=t.seed, drop_last=True)
-    batches_per_epoch = len(sampler) // t.batch_size
-    if batches_per_epoch == 0:
+    if len(sampler) < t.batch_size:
         raise DDPMError(f"train.batch_size={t.batch_size} x {env.world_size} ranks is larger than the dataset "
                         f"({len(dataset)} images)")
-    total_steps = t.epochs * batches_per_epoch
-    if t.max_steps:
-        total_steps = min(total_steps, t.max_steps)
 
     # Model (DDP-wrapped when distributed: gradients are averaged over ranks in backward),
     # optimizer, EMA, schedule, mixed precision.
@@ -232,21 +362,27 @@ def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: 
     ema = EMA(net, decay=t.ema_decay, warmup=t.ema_warmup)
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
 
-    # Resume from the run directory's snapshot, if any.
+    # Resume from the run directory's snapshot, if any. Every rank checks the folder before rank 0
+    # writes anything into it.
     state = TrainState()
-    snapshot = prepare_run_dir(run_dir, cfg, resume, write=env.is_main)
+    snapshot = inspect_run_dir(run_dir, cfg, resume)
     if snapshot is not None:
-        net.load_state_dict(snapshot["model"])
-        optimizer.load_state_dict(snapshot["optimizer"])
-        scaler.load_state_dict(snapshot["scaler"])
-        ema.load_state_dict(snapshot["ema"])
-        state = TrainState(**snapshot["state"])
+        try:
+            net.load_state_dict(snapshot["model"])
+            optimizer.load_state_dict(snapshot["optimizer"])
+            scaler.load_state_dict(snapshot["scaler"])
+            ema.load_state_dict(snapshot["ema"])
+            state = TrainState(**snapshot["state"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise DDPMError(f"{run_dir / 'snapshot.pt'} does not fit this run ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}); choose another --run-dir") from None
         if len(snapshot["rng"]) == env.world_size:
             set_rng_state(snapshot["rng"][env.rank])
-        elif env.is_main and progress:
-            print(f"[train] the snapshot was written by {len(snapshot['rng'])} ranks, this run has "
-                  f"{env.world_size}: random streams restart, so the result will not be bitwise identical")
+    barrier(env)
+    if env.is_main:
+        claim_run_dir(run_dir, cfg, state.step)
     barrier(env)  # rank 0 has created the run directory
+    total_steps = planned_steps(state, len(dataset), env.world_size, cfg)
 
     def save_snapshot() -> None:
         rngs = gather_objects(env, rng_state())  # every rank's random state, for exact resumption
@@ -265,18 +401,28 @@ def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: 
         f"{'' if env.backend is None else f' ({env.backend})'}, batch {t.batch_size}/rank = "
         f"{t.batch_size * env.world_size} global | amp {amp_dtype or 'off'} | {total_steps} steps | run dir {run_dir}")
     if state.step:
-        say(f"[train] resuming from step {state.step} (epoch {state.epoch}, batch {state.batch})")
+        say(f"[train] resuming from step {state.step} (epoch {state.epoch}, image {state.seen} of its order)")
+    if snapshot is not None and len(snapshot["rng"]) != env.world_size:
+        say(f"[train] the snapshot was written by {len(snapshot['rng'])} rank(s), this run has {env.world_size}: "
+            f"the remaining epochs are re-planned as {total_steps - state.step} steps of {t.batch_size * env.world_size}"
+            f" images, and random streams restart, so the result is not bitwise identical to an uninterrupted run")
 
-    log_file = open(run_dir / "log.jsonl", "a") if env.is_main else None
+    if env.is_main:
+        with writing(run_dir / "log.jsonl", "open"):
+            log_file = open(run_dir / "log.jsonl", "a")
+    else:
+        log_file = None
     bar = ProgressBar(total_steps, state.step, enabled=progress and env.is_main)
     loss_sum = torch.zeros((), device=device)
     grad_sum = torch.zeros((), device=device)
     steps_since_log, t_log, t_start = 0, time.time(), time.time()
 
-    finished, interrupted = state.step >= total_steps, False  # a finished run just rewrites ema.pt
+    finished, interrupted, signalled = state.step >= total_steps, False, False  # a finished run rewrites ema.pt
     while not (finished or interrupted):
         sampler.set_epoch(state.epoch)
-        loader = DataLoader(dataset, batch_size=t.batch_size, sampler=SkipFirst(sampler, state.batch * t.batch_size),
+        dataset.set_epoch(state.epoch)
+        skip = skip_per_rank(state.seen, env.world_size)
+        loader = DataLoader(dataset, batch_size=t.batch_size, sampler=SkipFirst(sampler, skip),
                             drop_last=True, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
                             generator=torch.Generator().manual_seed(t.seed + 1000 * state.epoch + env.rank))
         for x, y in loader:
@@ -296,7 +442,7 @@ def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: 
             scaler.update()
             ema.update(net)
             state.step += 1
-            state.batch += 1
+            state.seen += t.batch_size * env.world_size
             if t.ema_sync_every and state.step % t.ema_sync_every == 0:
                 broadcast_module_(env, ema.model)  # rank 0's EMA is the truth
             loss_sum += loss.detach()
@@ -306,8 +452,8 @@ def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: 
 
             finished = state.step >= total_steps
             # stop at the same step on every rank: a SIGTERM on any rank, or stop_after
-            interrupted = not finished and (any_rank(env, stop.requested) or
-                                            (stop_after is not None and state.step >= stop_after))
+            signalled = any_rank(env, stop.requested)
+            interrupted = not finished and (signalled or (stop_after is not None and state.step >= stop_after))
             if state.step % t.log_every == 0 or finished or interrupted or state.step % t.snapshot_every == 0:
                 mean_loss = mean_over_ranks(env, loss_sum / steps_since_log).item()  # the one host sync
                 if not math.isfinite(mean_loss):
@@ -319,8 +465,9 @@ def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: 
                               "grad_norm": round((grad_sum / steps_since_log).item(), 4),
                               "img_per_s": round(steps_since_log * t.batch_size * env.world_size / (now - t_log), 1),
                               "seconds": round(now - t_start, 2)}
-                    log_file.write(json.dumps(record) + "\n")
-                    log_file.flush()
+                    with writing(run_dir / "log.jsonl"):
+                        log_file.write(json.dumps(record) + "\n")
+                        log_file.flush()
                     bar.report(state.step, loss=f"{mean_loss:.4f}", lr=f"{lr:.1e}", img_s=record["img_per_s"])
                 loss_sum.zero_()
                 grad_sum.zero_()
@@ -331,13 +478,16 @@ def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: 
                 break
         else:  # the epoch ran out (no break)
             state.epoch += 1
-            state.batch = 0
+            state.seen = 0
 
     bar.close()
     if log_file:
         log_file.close()
     if interrupted:
-        why = "SIGTERM received" if stop.requested else "stop_after reached"
+        if not signalled:
+            why = f"stop_after={stop_after} reached"
+        else:
+            why = "SIGTERM received" if stop.requested else "another rank received SIGTERM"
         say(f"[train] {why}: stopped at step {state.step} of {total_steps}; snapshot saved, "
             f"run again to resume from {run_dir / 'snapshot.pt'}")
         return run_dir
@@ -350,10 +500,17 @@ def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: 
     return run_dir
 
 
+def run_config(run_dir: str | None) -> Path | None:
+    """The ``config.yaml`` of the run in ``run_dir``, if there is one: continuing a run needs only its folder."""
+    path = Path(run_dir) / "config.yaml" if run_dir else None
+    return path if path is not None and path.is_file() else None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ddpm_lib.train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="digits", help="preset name (ddpm_lib/configs/*.yaml) or a YAML path")
+    parser.add_argument("--config", help="preset name (ddpm_lib/configs/*.yaml) or a YAML path (default: the "
+                                          "config of the run in --run-dir when it has one, else digits)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
     parser.add_argument("--run-dir", help="output directory (default: runs/<preset name>)")
@@ -368,7 +525,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @cli
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config or run_config(args.run_dir) or "digits", args.set)
     train(cfg, args.run_dir or Path("runs") / cfg.name, resume=args.resume, progress=not args.quiet,
           stop_after=args.stop_after)
     exit_worker_if_distributed()

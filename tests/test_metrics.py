@@ -64,7 +64,7 @@ def test_classifier_cache(tmp_path, monkeypatch):
     monkeypatch.undo()
     other = data.subset(torch.arange(200))  # different data: retrained, not reused
     _, _ = load_or_train_classifier(other, tmp_path / "c.pt")
-    assert torch.load(tmp_path / "c.pt", weights_only=False)["key"]["n"] == 200
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["key"]["n"] == 200
 
 
 def test_features_and_shift_shapes():

@@ -50,7 +50,7 @@ def test_resume_across_epoch_boundary(tmp_path):
     train(cfg, tmp_path / "split", progress=False, stop_after=56)
     train(cfg, tmp_path / "split", progress=False)
     a, b = (load_checkpoint(tmp_path / d / "snapshot.pt") for d in ("straight", "split"))
-    assert a["state"] == b["state"] == {"step": 60, "epoch": 1, "batch": 4}
+    assert a["state"] == b["state"] == {"step": 60, "epoch": 1, "seen": 4 * 32}
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
@@ -169,6 +169,137 @@ def test_training_a_finished_run_again_takes_no_step(tmp_path):
     before = load_checkpoint(tmp_path / "run" / "snapshot.pt")
     train(cfg, tmp_path / "run", progress=False)
     after = load_checkpoint(tmp_path / "run" / "snapshot.pt")
-    assert after["state"] == before["state"] == {"step": 6, "epoch": 0, "batch": 6}
+    assert after["state"] == before["state"] == {"step": 6, "epoch": 0, "seen": 6 * 32}
     assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
     assert load_checkpoint(tmp_path / "run" / "ema.pt")["step"] == 6
+
+
+# ------------------------------------------------------------------ the run directory belongs to training
+
+
+def snapshot_of(run):
+    return load_checkpoint(run / "snapshot.pt")
+
+
+def files_of(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("setup,words", [
+    ("user_folder", ["is not empty and is not a run", "notes.txt"]),
+    ("user_config", ["is not empty and is not a run", "config.yaml"]),
+    ("weights_without_snapshot", ["ema.pt", "no snapshot.pt", "overwrite"]),
+    ("a_file", ["is a file"]),
+    ("other_config_unfinished", ["is not empty and is not a run"]),
+])
+def test_training_never_writes_into_a_folder_it_does_not_own(tmp_path, setup, words):
+    run = tmp_path / "target"
+    if setup == "a_file":
+        run.write_text("my essay")
+    else:
+        run.mkdir()
+    if setup == "user_folder":
+        (run / "notes.txt").write_text("my notes")
+    elif setup == "user_config":
+        (run / "config.yaml").write_text("my_tool: {threshold: 3}\n")
+        (run / "log.jsonl").write_text('{"step": 1}\n')
+    elif setup == "weights_without_snapshot":  # a finished run whose snapshot was deleted, other config
+        train(tiny_config("train.max_steps=4"), tmp_path / "other", progress=False)
+        for name in ("ema.pt", "config.yaml", "log.jsonl"):
+            (run / name).write_bytes((tmp_path / "other" / name).read_bytes())
+    elif setup == "other_config_unfinished":  # killed before its first snapshot, with another lr
+        train(tiny_config("train.max_steps=4", "train.lr=0.01"), tmp_path / "other", progress=False)
+        for name in ("config.yaml", "log.jsonl"):
+            (run / name).write_bytes((tmp_path / "other" / name).read_bytes())
+    before = run.read_bytes() if run.is_file() else files_of(run)
+    with pytest.raises(DDPMError) as err:
+        train(tiny_config("train.max_steps=4"), run, progress=False)
+    assert all(word in str(err.value) for word in words), str(err.value)
+    assert (run.read_bytes() if run.is_file() else files_of(run)) == before  # every byte as it was
+
+
+def test_training_writes_into_an_empty_folder_and_continues_an_unfinished_run(tmp_path):
+    (tmp_path / "empty").mkdir()
+    train(tiny_config("train.max_steps=4"), tmp_path / "empty", progress=False)
+    assert snapshot_of(tmp_path / "empty")["state"]["step"] == 4
+    # killed before its first snapshot: config.yaml of the same config and a log; training starts over
+    run = tmp_path / "unfinished"
+    run.mkdir()
+    (run / "config.yaml").write_bytes((tmp_path / "empty" / "config.yaml").read_bytes())
+    (run / "log.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
+    train(tiny_config("train.max_steps=4", "train.log_every=1"), run, progress=False)
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_resume_drops_log_records_past_the_snapshot_and_stale_temp_files(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config()  # log every 5, snapshot every 10, 20 steps
+    train(cfg, run, progress=False, stop_after=12)
+    # a crash after logging step 15 and while writing a snapshot: the log is ahead of snapshot.pt
+    with open(run / "log.jsonl", "a") as log:
+        log.write('{"step": 15, "loss": 1.0}\n{"step": 1')
+    (run / ".snapshot.pt.k1ll3d.tmp").write_bytes(b"half a snapshot")
+    train(cfg, run, progress=False)
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [5, 10, 12, 15, 20]
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
+
+
+def test_continue_a_run_from_its_folder_alone(tmp_path):
+    # the hint load_run prints for a run without ema.pt: python -m ddpm_lib.train --run-dir RUN
+    run = tmp_path / "run"
+    train(tiny_config("train.max_steps=8"), run, progress=False, stop_after=4)
+    with pytest.raises(DDPMError, match="has no ema.pt") as err:
+        load_run(run)
+    assert f"python -m ddpm_lib.train --run-dir {run}" in str(err.value)
+    train_module.main(["--run-dir", str(run), "--quiet"])
+    assert load_run(run)[3]["step"] == 8
+
+
+def test_resume_with_flips_and_two_workers_is_bitwise_exact(tmp_path):
+    cfg = tiny_config("data.hflip=true", "data.num_workers=2", "train.max_steps=16", "train.snapshot_every=100")
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "split", progress=False, stop_after=7)  # mid-epoch
+    train(cfg, tmp_path / "split", progress=False)
+    a, b = snapshot_of(tmp_path / "straight"), snapshot_of(tmp_path / "split")
+    assert a["state"] == b["state"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["ema"]["model"][k], b["ema"]["model"][k]) for k in a["ema"]["model"])
+
+
+def test_deterministic_switch_is_scoped_to_the_run(tmp_path):
+    assert not torch.are_deterministic_algorithms_enabled()
+    seen = {}
+    real = train_module.diffusion_loss
+
+    def spy(*args, **kwargs):
+        seen["deterministic"] = torch.are_deterministic_algorithms_enabled()
+        return real(*args, **kwargs)
+
+    train_module.diffusion_loss = spy
+    try:
+        train(tiny_config("train.max_steps=2", "train.deterministic=true"), tmp_path / "det", progress=False)
+    finally:
+        train_module.diffusion_loss = real
+    assert seen["deterministic"] and not torch.are_deterministic_algorithms_enabled()
+
+
+# ------------------------------------------------------------------ resuming with another world size
+
+
+def test_planned_steps_complete_the_planned_epochs_on_any_world_size():
+    from ddpm_lib.train import TrainState, planned_steps, skip_per_rank
+
+    cfg = load_config("digits", ["train.batch_size=64", "train.epochs=8"])
+    n = 1797  # 28 batches of 64 per epoch on 1 rank, 14 of 2 x 64 on 2 ranks
+    assert planned_steps(TrainState(), n, 1, cfg) == 8 * 28
+    assert planned_steps(TrainState(), n, 2, cfg) == 8 * 14
+    # stopped at step 120 on 1 rank (epoch 4, 8 batches in), resumed on 2 ranks
+    state = TrainState(step=120, epoch=4, seen=8 * 64)
+    assert planned_steps(state, n, 1, cfg) == 224  # unchanged world size: the same plan
+    total = planned_steps(state, n, 2, cfg)
+    images = 120 * 64 + (total - 120) * 2 * 64
+    assert abs(images - 224 * 64) <= 2 * 64  # the planned images, to within one global batch
+    assert total == 120 + (1797 // 2 - skip_per_rank(512, 2)) // 64 + 3 * 14
+    # max_steps still caps, and a finished run plans no more steps
+    assert planned_steps(state, n, 2, load_config("digits", ["train.epochs=8", "train.max_steps=130"])) == 130
+    assert planned_steps(TrainState(step=224, epoch=7, seen=28 * 64), n, 1, cfg) == 224
