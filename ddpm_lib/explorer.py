@@ -12,18 +12,23 @@ image entering step t, beside the network's prediction of x_0 at that step
 ``RUN/explorer/``.
 
 Bad input never raises into the kernel: every action reports problems in the message
-line of the UI. The same object is scriptable (``explorer.generate()``, widget values
-set from code), which is how the tests drive it.
+line of the UI. Class names come from a run's checkpoint and the prompt from the user, so
+neither is trusted: the message line shows them as escaped text, and a saved file's name
+keeps only safe characters of the class name. The same object is scriptable
+(``explorer.generate()``, widget values set from code), which is how the tests drive it.
 """
 
 from __future__ import annotations
 
+import html
 import time
+import unicodedata
 from pathlib import Path
 
 import torch
 
 from .checkpoint import WEIGHTS, atomic_write_bytes, available_weights, load_run
+from .config import check_seed
 from .diffusion import ddim_timesteps, sample
 from .errors import DDPMError
 from .prompt import class_from_prompt
@@ -31,6 +36,9 @@ from .schedules import make_schedule
 from .viz import as_uint8, image_grid, png_bytes
 
 MAX_FRAMES = 60  # trajectory frames kept per generation (evenly spaced steps)
+MAX_GUIDANCE = 10.0  # the guidance slider's range is [0, MAX_GUIDANCE]
+MAX_IMAGES = 64  # images per generation
+MAX_NAME_CHARS = 48  # of a class name in a saved file's name: 4 bytes each stays under 255
 
 
 def find_runs(root: str | Path = "runs") -> list[Path]:
@@ -44,6 +52,21 @@ def find_runs(root: str | Path = "runs") -> list[Path]:
 
 def _scale_for(img_size: int, target: int = 64) -> int:
     return max(1, target // img_size)
+
+
+def safe_file_name(text: str) -> str:
+    """``text`` made safe inside a file name: letters (of any script, with their accents),
+    digits, ``-``, ``_`` and ``.`` are kept, anything else (``/``, ``\\``, NUL, spaces, ...)
+    becomes ``_``; at most :data:`MAX_NAME_CHARS` characters, no leading dot, never empty."""
+    text = unicodedata.normalize("NFC", text)
+    safe = "".join(ch if ch in "-_." or unicodedata.category(ch)[0] in "LMN" else "_" for ch in text)
+    return safe[:MAX_NAME_CHARS].lstrip(".") or "class"
+
+
+def _check_range(what: str, value, low: float, high: float, kind: str = "a number") -> None:
+    """A one-line :class:`DDPMError` unless ``low <= value <= high`` (NaN and infinities are not)."""
+    if not low <= value <= high:  # False for NaN too
+        raise DDPMError(f"{what} must be {kind} from {low:g} to {high:g}, got {value!r}")
 
 
 class Explorer:
@@ -66,13 +89,13 @@ class Explorer:
         self.class_ = w.Dropdown(description="class", layout=layout, style=style)
         self.prompt = w.Text(placeholder='or type: "digit seven"', description="prompt", layout=layout, style=style,
                              continuous_update=False)
-        self.guidance = w.FloatSlider(value=2.0, min=0.0, max=10.0, step=0.5, description="guidance s",
+        self.guidance = w.FloatSlider(value=2.0, min=0.0, max=MAX_GUIDANCE, step=0.5, description="guidance s",
                                       layout=layout, style=style)
         self.sampler = w.ToggleButtons(options=[("DDIM", "ddim"), ("DDPM", "ddpm")], description="sampler", style=style)
         self.steps = w.IntSlider(value=50, min=1, max=1000, description="DDIM steps", layout=layout, style=style)
         self.eta = w.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.1, description="DDIM eta", layout=layout, style=style)
         self.seed = w.IntText(value=0, description="seed", layout=layout, style=style)
-        self.count = w.IntSlider(value=16, min=1, max=64, description="images", layout=layout, style=style)
+        self.count = w.IntSlider(value=16, min=1, max=MAX_IMAGES, description="images", layout=layout, style=style)
         self.generate_button = w.Button(description="Generate", button_style="primary", icon="play")
         self.save_button = w.Button(description="Save PNG", icon="save", disabled=True)
         self.progress = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="340px"))
@@ -118,7 +141,8 @@ class Explorer:
     def _say(self, text: str, error: bool = False) -> None:
         colour = "#b00020" if error else "#1b5e20"
         self.status = text  # the message as plain text
-        self.message.value = f"<span style='color:{colour}'>{text}</span>"
+        # text holds class names and prompts, which are not trusted: never markup
+        self.message.value = f"<span style='color:{colour}'>{html.escape(text)}</span>"
 
     def _safely(self, action) -> None:
         """Run a UI action; report any failure in the message line instead of raising."""
@@ -169,13 +193,13 @@ class Explorer:
             raise DDPMError("no run loaded; pick a run with weights")
         if self.class_.value is None:
             raise DDPMError(f"choose a class: one of {', '.join(self.class_names)}")
-        if self.seed.value < 0:
-            raise DDPMError(f"seed must be 0 or more, got {self.seed.value}")
-        if not 1 <= self.count.value <= self.count.max:
-            raise DDPMError(f"number of images must be between 1 and {self.count.max}, got {self.count.value}")
-        if self.guidance.value < 0:
-            raise DDPMError(f"guidance scale must be 0 or more, got {self.guidance.value}")
+        check_seed(self.seed.value, "seed")
+        _check_range("number of images", self.count.value, 1, MAX_IMAGES, "a whole number")
+        _check_range("guidance scale", self.guidance.value, 0, MAX_GUIDANCE)
         ddpm = self.sampler.value == "ddpm"
+        if not ddpm:  # the widgets' ranges can be changed from code
+            _check_range("DDIM steps", self.steps.value, 1, self.cfg.diffusion.timesteps, "a whole number")
+            _check_range("DDIM eta", self.eta.value, 0, 1)
         return {"class": int(self.class_.value), "sampler": self.sampler.value,
                 "steps": self.cfg.diffusion.timesteps if ddpm else int(self.steps.value),
                 "eta": float(self.eta.value), "guidance": float(self.guidance.value),
@@ -237,12 +261,17 @@ class Explorer:
         self.frame_label.value = f"t = {self.result['steps'][k]}"
 
     def save(self) -> Path:
-        """Write the last grid to ``RUN/explorer/<class>_<sampler><steps>_s<guidance>_seed<seed>.png``."""
+        """Write the last grid to ``RUN/explorer/<class>_<sampler><steps>_s<guidance>_seed<seed>.png``,
+        ``<class>`` made safe by :func:`safe_file_name`."""
         if not self.result:
             raise DDPMError("nothing to save yet: press Generate first")
         s = self.result["settings"]
-        name = f"{self.class_names[s['class']]}_{s['sampler']}{s['steps']}_s{s['guidance']:g}_seed{s['seed']}.png"
-        path = Path(self.run.value) / "explorer" / name
+        name = (f"{safe_file_name(self.class_names[s['class']])}_{s['sampler']}{s['steps']}_s{s['guidance']:g}"
+                f"_seed{s['seed']}.png")
+        folder = Path(self.run.value) / "explorer"
+        path = folder / name
+        if path.resolve().parent != folder.resolve():  # defence in depth: the name is already safe
+            raise DDPMError(f"refusing to save {name!r}: it would land outside {folder}")
         atomic_write_bytes(self.grid.value, path)
         self.last_saved = path
         self._say(f"saved {path}")

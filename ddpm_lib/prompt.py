@@ -3,10 +3,14 @@
 The models here are conditioned on a class label, not on text. A prompt is mapped
 to a class by matching its words against the class names:
 
-1. the prompt and each class name are lower-cased and split into words
-   (letters and digits; ``_`` and ``-`` separate words, so ``chequered_tiles``
-   is two words);
-2. a digit in the prompt also counts as its English name (``"7"`` -> ``seven``);
+1. the prompt and each class name are normalised (Unicode NFKC, so a composed and
+   a decomposed accent are the same letter and full-width ``７`` is ``7``), case-folded
+   (``Café`` -> ``café``, ``Straße`` -> ``strasse``) and split into words: runs of
+   letters (with their accents) and digits of any script; anything else, ``_`` and
+   ``-`` included, separates words, so ``chequered_tiles`` is two words. Han
+   ideographs and kana are written without spaces, so each one is a word of its
+   own: the class ``猫`` is found in ``"一只猫"``;
+2. a one-digit word also counts as its English name (``"7"`` -> ``seven``);
 3. a class matches when every word of its name matches a prompt word. Two words
    match when they are equal or, for words of at least 4 letters, when they share
    a stem: one starts with the other minus a common ending (``-s``, ``-es``,
@@ -19,7 +23,7 @@ to a class by matching its words against the class names:
 
 from __future__ import annotations
 
-import re
+import unicodedata
 
 from .errors import DDPMError
 
@@ -27,12 +31,42 @@ NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "
 _ENDINGS = ("ing", "es", "ed", "s", "y")
 
 
+# Scripts written without spaces between words: each of their characters is a word.
+_UNSPACED_SCRIPTS = ("CJK UNIFIED IDEOGRAPH", "HIRAGANA", "KATAKANA")
+
+
+def _is_word_char(ch: str) -> bool:
+    """A letter, a combining mark (an accent, a vowel sign) or a digit, of any script."""
+    return unicodedata.category(ch)[0] in "LMN"
+
+
+def _stands_alone(ch: str) -> bool:
+    return unicodedata.name(ch, "").startswith(_UNSPACED_SCRIPTS)
+
+
+def _split_words(text: str) -> list[str]:
+    """Runs of word characters of ``text``; a character of an unspaced script is a run of its own."""
+    out, current = [], ""
+    for ch in text:
+        if _is_word_char(ch) and not _stands_alone(ch):
+            current += ch
+            continue
+        if current:
+            out.append(current)
+        current = ""
+        if _is_word_char(ch):
+            out.append(ch)
+    return out + [current] if current else out
+
+
 def words(text: str) -> list[str]:
-    """Lower-case words of ``text``; digits become their English names too."""
+    """Case-folded NFKC words of ``text`` (module docstring); one-digit words add their English names."""
     out = []
-    for word in re.findall(r"[a-z0-9]+", text.lower().replace("_", " ")):
+    # folding can undo the normal form ("İ" -> "i" + combining dot): normalise again after it
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    for word in _split_words(folded):
         out.append(word)
-        if word.isdigit() and len(word) == 1:
+        if word.isdecimal() and len(word) == 1:  # not isdigit(): int() cannot read Ethiopic "፯"
             out.append(NUMBER_WORDS[int(word)])
     return out
 
