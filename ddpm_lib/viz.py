@@ -74,9 +74,10 @@ def class_grid(images, labels, class_names: list[str], per_row: int | None = Non
 def read_log(run_dir: str | Path, latest_only: bool = True) -> list[dict]:
     """The records of ``run_dir/log.jsonl``, one dict per logging step, in step order.
 
-    The file is append-only: after a crash, the steps between the last snapshot and the
-    crash are logged again when the run resumes. ``latest_only`` keeps the last record
-    of each step (the run as it finally went); ``False`` returns the raw history.
+    Training appends to it, and on resuming drops the records past the snapshot it
+    resumes from, so each step is logged once. ``latest_only`` keeps the last record of
+    each step all the same (logs written before ddpm_lib did that hold the steps redone
+    after a crash twice); ``False`` returns the lines as they are.
     """
     path = Path(run_dir) / "log.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
