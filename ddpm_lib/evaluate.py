@@ -3,7 +3,7 @@
     python -m ddpm_lib.evaluate --run-dir runs/digits                  # judges RUN/samples/samples.npz
     python -m ddpm_lib.evaluate --run-dir runs/digits --samples runs/digits/samples/eval.npz
     python -m ddpm_lib.evaluate --run-dir runs/digits --inception-weights weights-inception-2015-12-05-6726825d.pth
-    python -m ddpm_lib.evaluate --run-dir runs/digits --sweep steps     # DDIM 2..250 steps and the full DDPM chain
+    python -m ddpm_lib.evaluate --run-dir runs/digits --sweep steps     # DDIM 2..250 steps (up to T) and the full DDPM chain
     python -m ddpm_lib.evaluate --run-dir runs/digits --sweep guidance  # guidance scale 0..8
 
 Every number is judged against the run's real data:
@@ -37,10 +37,11 @@ from pathlib import Path
 import torch
 
 from .checkpoint import atomic_write_bytes, load_run
+from .config import check_seed
 from .data import ImageData, load_data
 from .errors import DDPMError, cli
 from .metrics import InceptionUnavailable, class_accuracy, domain_metrics, inception_metrics, load_or_train_classifier
-from .sample import generate, load_samples, sample_settings
+from .sample import check_batch_size, check_sampling, generate, load_samples, sample_settings
 
 SWEEPS = {
     # DDIM with the run's eta and guidance at growing step counts, then the full ancestral chain
@@ -84,6 +85,23 @@ def judge(images: torch.Tensor, labels: torch.Tensor, classifier, data: ImageDat
     return metrics, acc.confusion
 
 
+MIN_SAMPLES = 2  # FID needs a covariance, which one image does not have
+
+
+def check_samples_fit_run(images: torch.Tensor, image_shape: tuple[int, int, int], samples_path: Path,
+                          run_dir: Path) -> None:
+    """Refuse (:class:`DDPMError`) samples ``images`` (N, C, H, W) that cannot be judged against
+    the run's real data of ``image_shape`` (C, H, W): another shape, or fewer than :data:`MIN_SAMPLES`."""
+    remake = f"sample this run with python -m ddpm_lib.sample --run-dir {run_dir}"
+    got = tuple(images.shape[1:])
+    if got != tuple(image_shape):
+        raise DDPMError(f"{samples_path} holds images of shape (C, H, W) = {got} but run {run_dir} makes "
+                        f"{tuple(image_shape)} (model.in_channels, data.img_size); {remake}")
+    if len(images) < MIN_SAMPLES:
+        raise DDPMError(f"{samples_path} holds {len(images)} sample(s); FID/KID need at least {MIN_SAMPLES}: "
+                        f"{remake} --per-class 2 or more")
+
+
 def evaluate(run_dir: str | Path, samples_path: str | Path | None = None, inception: str = "auto",
              inception_weights: str | Path | None = None, progress: bool = True) -> dict:
     """Judge ``samples_path`` (default ``RUN/samples/samples.npz``); return and save ``RUN/metrics.json``.
@@ -96,11 +114,12 @@ def evaluate(run_dir: str | Path, samples_path: str | Path | None = None, incept
     if inception not in ("auto", "on", "off"):
         raise DDPMError(f"--inception must be auto, on or off, got {inception!r}")
     run_dir = Path(run_dir)
-    _, cfg, class_names, ckpt = load_run(run_dir)
+    model, cfg, class_names, ckpt = load_run(run_dir)
     samples_path = Path(samples_path or run_dir / "samples" / "samples.npz")
     images, labels, sample_names = load_samples(samples_path)
     if sample_names != class_names:
         raise DDPMError(f"the samples' classes {sample_names} are not the run's classes {class_names}")
+    check_samples_fit_run(images, (model.in_channels, cfg.data.img_size, cfg.data.img_size), samples_path, run_dir)
     data = load_data(cfg.data, progress=progress)
     classifier, heldout = load_or_train_classifier(data, run_dir / "classifier.pt", progress=progress)
     judged, confusion = judge(images, labels, classifier, data)
@@ -138,28 +157,75 @@ def evaluate(run_dir: str | Path, samples_path: str | Path | None = None, incept
     return metrics
 
 
+SWEEP_KEYS = ("sampler", "steps", "guidance", "eta")
+
+
+def sweep_settings(kind: str, timesteps: int) -> list[dict]:
+    """The settings of :data:`SWEEPS` ``[kind]`` that a run of ``timesteps`` diffusion steps can take:
+    DDIM step counts above ``timesteps`` are left out (the full DDPM chain is then the longest setting)."""
+    return [setting for setting in SWEEPS[kind] if setting.get("steps", 0) <= timesteps]
+
+
+def resolve_sweep_settings(settings: list[dict], cfg) -> list[dict]:
+    """Each sweep setting (a dict overriding some of :data:`SWEEP_KEYS`) completed with the run's
+    ``cfg.sample`` values; ``steps`` is the full chain for the ddpm sampler. Refuses
+    (:class:`DDPMError`) an unknown key or a value the samplers cannot use, naming the setting."""
+    if not isinstance(settings, (list, tuple)) or not all(isinstance(x, dict) for x in settings):
+        raise DDPMError(f"sweep settings must be a list of dicts such as {{'steps': 10}}; got {settings!r}")
+    resolved = []
+    for setting in settings:
+        unknown = set(setting) - set(SWEEP_KEYS)
+        if unknown:
+            raise DDPMError(f"unknown sweep setting(s) {sorted(unknown)}; use {', '.join(SWEEP_KEYS)}")
+        s = {"sampler": cfg.sample.sampler, "steps": cfg.sample.steps, "guidance": cfg.sample.guidance_scale,
+             "eta": cfg.sample.eta, **setting}
+        if s["sampler"] == "ddpm":
+            s["steps"] = cfg.diffusion.timesteps
+        try:
+            check_sampling(s, cfg.diffusion.timesteps, prefix="")
+        except DDPMError as err:
+            raise DDPMError(f"sweep setting {setting}: {err}") from None
+        resolved.append(s)
+    return resolved
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` (cpu, cuda, cuda:N) as a :class:`torch.device` this machine has; otherwise a :class:`DDPMError`."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DDPMError(f"unknown device {device!r}; use cpu or cuda") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DDPMError(f"device {device} was asked for but PyTorch sees no CUDA device; use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise DDPMError(f"device {device} does not exist: this machine has {count} GPU(s); use cuda:0..cuda:{count - 1}")
+    return parsed
+
+
 def quality_sweep(run_dir: str | Path, settings: list[dict], per_class: int = 20, seed: int = 0,
                   batch_size: int = 512, progress: bool = True, device: str = "cpu") -> list[dict]:
     """Sample ``per_class`` images per class under each setting and judge them.
 
-    A setting overrides the run's ``sampler``, ``steps``, ``guidance`` or ``eta``. Every setting
+    A setting overrides the run's ``sampler``, ``steps``, ``guidance`` or ``eta``; all of them are
+    checked (:func:`resolve_sweep_settings`) before anything is sampled or written. Every setting
     starts from the same seed. Each row holds the setting, ``nfe`` (network evaluations per
     image: steps, doubled when the guidance scale is neither 0 nor 1), seconds, class accuracy and the domain FID/KID/IS.
     """
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 2:
+        raise DDPMError(f"per_class must be at least 2 images per class and setting; got {per_class!r}")
+    check_seed(seed, "seed")
+    check_batch_size(batch_size, "batch_size")
+    device = check_device(device)
     model, cfg, class_names, _ = load_run(run_dir)
+    resolved = resolve_sweep_settings(settings, cfg)  # every setting is checked before any work is done
     model = model.to(device)
     data = load_data(cfg.data, progress=False)
     classifier, _ = load_or_train_classifier(data, Path(run_dir) / "classifier.pt", progress=progress)
     labels = torch.arange(len(class_names)).repeat_interleave(per_class)
     rows = []
-    for setting in settings:
-        unknown = set(setting) - {"sampler", "steps", "guidance", "eta"}
-        if unknown:
-            raise DDPMError(f"unknown sweep setting(s) {sorted(unknown)}; use sampler, steps, guidance, eta")
-        s = {"sampler": cfg.sample.sampler, "steps": cfg.sample.steps, "guidance": cfg.sample.guidance_scale,
-             "eta": cfg.sample.eta, **setting}
-        if s["sampler"] == "ddpm":
-            s["steps"] = cfg.diffusion.timesteps
+    for s in resolved:
         started = time.time()
         images = generate(model, cfg, labels, sampler=s["sampler"], steps=s["steps"], guidance_scale=s["guidance"],
                           eta=s["eta"], seed=seed, batch_size=batch_size, progress=False)
@@ -177,12 +243,14 @@ def quality_sweep(run_dir: str | Path, settings: list[dict], per_class: int = 20
 
 def run_sweep(run_dir: str | Path, kind: str, per_class: int = 20, progress: bool = True,
               device: str = "cpu") -> list[dict]:
-    """:func:`quality_sweep` over :data:`SWEEPS` ``[kind]``, saved as ``RUN/eval/sweep_<kind>.json`` and ``.png``."""
+    """:func:`quality_sweep` over :func:`sweep_settings` ``(kind, T)``, saved as ``RUN/eval/sweep_<kind>.json`` and ``.png``."""
     from .viz import plot_sweep, save_figure
 
     if kind not in SWEEPS:
         raise DDPMError(f"unknown sweep {kind!r}; choose one of: {', '.join(SWEEPS)}")
-    rows = quality_sweep(run_dir, SWEEPS[kind], per_class=per_class, progress=progress, device=device)
+    _, cfg, _, _ = load_run(run_dir)
+    rows = quality_sweep(run_dir, sweep_settings(kind, cfg.diffusion.timesteps), per_class=per_class,
+                         progress=progress, device=device)
     out = Path(run_dir) / "eval"
     atomic_write_bytes((json.dumps(rows, indent=2) + "\n").encode(), out / f"sweep_{kind}.json")
     axes = plot_sweep(rows, "steps" if kind == "steps" else "guidance",

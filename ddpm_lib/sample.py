@@ -23,6 +23,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
+import numbers
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_bytes, load_run
+from .config import check_seed
 from .diffusion import sample
 from .dist import DistEnv, distributed, exit_worker_if_distributed, gather_objects
 from .errors import DDPMError, cli
@@ -53,6 +57,57 @@ def resolve_classes(requested: list[str] | None, class_names: list[str]) -> list
         else:
             raise DDPMError(f"unknown class {item!r}; classes are: {', '.join(class_names)}")
     return indices
+
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_sampling(settings: dict, timesteps: int, prefix: str = "--") -> None:
+    """Refuse (:class:`DDPMError`) sampling settings the samplers cannot use.
+
+    ``settings`` holds ``sampler``, ``steps``, ``guidance`` and ``eta``; ``timesteps`` is the
+    run's ``diffusion.timesteps``. A message names the setting as ``prefix + key``: the
+    command-line flag (``--steps``) or, with ``prefix=""``, the sweep setting's key.
+    """
+    sampler, steps, guidance, eta = (settings[k] for k in ("sampler", "steps", "guidance", "eta"))
+    if sampler not in SAMPLERS:
+        raise DDPMError(f"{prefix}sampler must be ddpm or ddim; got {sampler!r}")
+    if not _is_whole(steps) or not 1 <= steps <= timesteps:
+        raise DDPMError(f"{prefix}steps must be a whole number from 1 to {timesteps} (the run's "
+                        f"diffusion.timesteps); got {steps!r}")
+    if not _is_number(guidance) or not math.isfinite(guidance) or guidance < 0:
+        raise DDPMError(f"{prefix}guidance must be a finite number >= 0 (0: ignore the class, 1: no guidance, "
+                        f"2-5: typical); got {guidance!r}")
+    if not _is_number(eta) or not 0 <= eta <= 1:  # NaN fails both comparisons
+        raise DDPMError(f"{prefix}eta must be between 0 (deterministic DDIM) and 1 (DDPM-like noise); got {eta!r}")
+
+
+def check_batch_size(batch_size, what: str = "--batch-size") -> int:
+    """``batch_size`` if it is a whole number >= 1; otherwise a one-line :class:`DDPMError`."""
+    if not _is_whole(batch_size) or batch_size < 1:
+        raise DDPMError(f"{what} must be a whole number of images per forward pass, at least 1; got {batch_size!r}")
+    return batch_size
+
+
+# A plain file stem: no path separator, no "..", no leading dot, no characters a shell or
+# another file system would mangle; short enough for "<stem>_grid.png" to be a legal name.
+_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a plain file stem that stays inside ``RUN/samples/``; otherwise a :class:`DDPMError`."""
+    if not _STEM.fullmatch(name) or ".." in name:
+        raise DDPMError(f"--name must be a plain file stem (letters, digits, '_', '-', '.'; no '/' or '..'; "
+                        f"at most 100 characters), written under RUN/samples/; got {name!r}")
+    return name
 
 
 @torch.no_grad()
@@ -99,19 +154,86 @@ def save_samples(images: torch.Tensor, labels: torch.Tensor, class_names: list[s
     return npz_path, grid_path
 
 
-def load_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Read a ``samples.npz``: (images uint8 (N, C, H, W), labels (N,), class names)."""
-    path = Path(path)
+SAMPLE_KEYS = ("images", "labels", "class_names", "settings")  # "settings" is optional
+
+
+def _remake_hint(path: Path) -> str:
+    """The command that writes ``path`` again (its run is the folder above ``samples/``)."""
+    run = path.parent.parent if path.parent.name == "samples" else "RUN"
+    name = "" if path.stem == "samples" else f" --name {path.stem}"
+    return f"make it with python -m ddpm_lib.sample --run-dir {run}{name}"
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of :data:`SAMPLE_KEYS` that the ``.npz`` at ``path`` holds, read without ever
+    unpickling; a one-line :class:`DDPMError` for anything ``np.load`` cannot read."""
     if not path.exists():
-        raise DDPMError(f"{path} does not exist; make it with python -m ddpm_lib.sample --run-dir {path.parent.parent}")
-    with np.load(path) as f:
-        return torch.from_numpy(f["images"]), torch.from_numpy(f["labels"]), [str(c) for c in f["class_names"]]
+        raise DDPMError(f"{path} does not exist; {_remake_hint(path)}")
+    if path.is_dir():
+        raise DDPMError(f"{path} is a directory, not a samples .npz file; {_remake_hint(path)}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with loaded:
+            return {key: loaded[key] for key in SAMPLE_KEYS if key in loaded.files}
+    except Exception as err:  # not a zip, truncated, bad CRC, pickled objects, ...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "pickle" in reason:  # numpy's advice (allow_pickle=True) is the wrong fix here
+            reason = "not an .npz archive of plain arrays; a samples file never needs unpickling"
+        raise DDPMError(f"{path} is not a readable samples .npz ({reason}); {_remake_hint(path)}") from None
+
+
+def _samples_problem(arrays: dict[str, np.ndarray]) -> str | None:
+    """What makes ``arrays`` (from :func:`_read_npz`) not a samples file, or None if nothing."""
+    missing = [key for key in SAMPLE_KEYS[:3] if key not in arrays]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    images, labels, names = arrays["images"], arrays["labels"], arrays["class_names"]
+    if images.dtype != np.uint8 or images.ndim != 4:
+        return f"images must be uint8 (N, C, H, W); got {images.dtype} of shape {images.shape}"
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        return f"labels must be integers (N,); got {labels.dtype} of shape {labels.shape}"
+    if len(labels) != len(images):
+        return f"it holds {len(images)} images but {len(labels)} labels"
+    if len(images) == 0:
+        return "it holds no samples"
+    if names.dtype.kind != "U" or names.ndim != 1 or len(names) == 0:
+        return f"class_names must be a non-empty list of strings; got {names.dtype} of shape {names.shape}"
+    if labels.min() < 0 or labels.max() >= len(names):
+        return f"labels must lie in 0..{len(names) - 1} (one per class name); got {labels.min()}..{labels.max()}"
+    if "settings" in arrays:
+        try:
+            if not isinstance(json.loads(str(arrays["settings"])), dict):
+                return "settings must be a JSON object"
+        except json.JSONDecodeError:
+            return "settings is not valid JSON"
+    return None
+
+
+def _read_samples(path: str | Path) -> dict[str, np.ndarray]:
+    """The checked arrays of a ``samples.npz``; a one-line :class:`DDPMError` naming the file,
+    what is wrong and how to make it again for anything but a file :func:`save_samples` wrote."""
+    path = Path(path)
+    arrays = _read_npz(path)
+    problem = _samples_problem(arrays)
+    if problem:
+        raise DDPMError(f"{path} is not a samples file: {problem}; {_remake_hint(path)}")
+    return arrays
+
+
+def load_samples(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Read a ``samples.npz``: (images uint8 (N, C, H, W), labels int64 (N,), class names),
+    N >= 1 and every label an index into the class names; refuses (:class:`DDPMError`) any other file."""
+    arrays = _read_samples(path)
+    labels = torch.from_numpy(arrays["labels"].astype(np.int64))
+    return torch.from_numpy(arrays["images"]), labels, [str(c) for c in arrays["class_names"]]
 
 
 def sample_settings(path: str | Path) -> dict:
     """The sampling settings stored in a ``samples.npz`` ({} for files written without them)."""
-    with np.load(path) as f:
-        return json.loads(str(f["settings"])) if "settings" in f.files else {}
+    arrays = _read_samples(path)
+    return json.loads(str(arrays["settings"])) if "settings" in arrays else {}
 
 
 def parse_args(argv):
@@ -136,6 +258,7 @@ def parse_args(argv):
 @cli
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    check_name(args.name)
     model, cfg, class_names, ckpt = load_run(args.run)
     s = cfg.sample
     per_class = args.per_class if args.per_class is not None else s.per_class
@@ -143,12 +266,13 @@ def main(argv: list[str] | None = None) -> None:
         raise DDPMError(f"--per-class must be at least 1, got {per_class}")
     sampler = args.sampler or s.sampler
     steps = args.steps if args.steps is not None else s.steps
-    if not 1 <= steps <= cfg.diffusion.timesteps:
-        raise DDPMError(f"--steps must be between 1 and {cfg.diffusion.timesteps}, got {steps}")
+    batch_size = check_batch_size(args.batch_size if args.batch_size is not None else s.batch_size)
+    seed = check_seed(args.seed if args.seed is not None else s.seed, "--seed")
     settings = {"sampler": sampler, "steps": steps if sampler == "ddim" else cfg.diffusion.timesteps,
                 "eta": args.eta if args.eta is not None else s.eta,
                 "guidance": args.guidance if args.guidance is not None else s.guidance_scale,
-                "seed": args.seed if args.seed is not None else s.seed, "train_step": ckpt["step"]}
+                "seed": seed, "train_step": ckpt["step"]}
+    check_sampling({**settings, "steps": steps}, cfg.diffusion.timesteps)  # --steps is checked even for ddpm
     if args.prompt and args.classes:
         raise DDPMError("give either --classes or --prompt, not both")
     classes = [class_from_prompt(args.prompt, class_names)] if args.prompt else resolve_classes(args.classes, class_names)
@@ -157,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         model = model.to(env.device)
         started = time.time()
         images = generate(model, cfg, labels, sampler=sampler, steps=steps, guidance_scale=settings["guidance"],
-                          eta=settings["eta"], seed=settings["seed"], batch_size=args.batch_size or s.batch_size,
+                          eta=settings["eta"], seed=settings["seed"], batch_size=batch_size,
                           progress=not args.quiet, env=env)
         if env.is_main:
             npz, grid = save_samples(images, labels, class_names, Path(args.run) / "samples", args.name, settings)
