@@ -463,16 +463,16 @@ def test_launch_reads_flags_and_endpoints_as_its_tools_do():
 
 
 def test_resume_with_another_world_size_completes_the_planned_epochs(tmp_path):
-    # 2 epochs of 1797 digits in batches of 32: 112 steps on 1 rank. Stopped at step 30 and resumed on
-    # 2 ranks, the rest of epoch 0 (1797 - 30 x 32 images) and epoch 1 take 13 + 28 steps of 2 x 32.
+    # 1 epoch of 1797 digits in batches of 64: 28 steps on 1 rank. Stopped at step 10 and resumed on
+    # 2 ranks, each rank skips 10 x 64 / 2 of its shard, and the 898 - 320 left make 9 steps of 2 x 64.
     run = tmp_path / "grown"
-    args = ["-m", "ddpm_lib.train", "--config", "digits", *SETS, "--set", "train.epochs=2", "--run-dir", str(run)]
-    first = subprocess.run([sys.executable, *args, "--stop-after", "30"], cwd=ROOT, env=ENV, capture_output=True,
+    args = ["-m", "ddpm_lib.train", "--config", "digits", *SETS, "--set", "train.batch_size=64",
+            "--set", "train.epochs=1", "--run-dir", str(run)]
+    first = subprocess.run([sys.executable, *args, "--stop-after", "10"], cwd=ROOT, env=ENV, capture_output=True,
                            text=True, timeout=240)
-    assert first.returncode == 0 and "stopped at step 30 of 112" in first.stdout, first.stdout + first.stderr
+    assert first.returncode == 0 and "stopped at step 10 of 28" in first.stdout, first.stdout + first.stderr
     proc = torchrun(*args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "written by 1 rank(s), this run has 2" in proc.stdout and "done: 71 steps" in proc.stdout, proc.stdout
-    state = final_weights(run)["state"]
-    assert state["step"] == 71 and state["epoch"] == 1
-    assert 30 * 32 + (71 - 30) * 2 * 32 == 2 * (1797 // 32) * 32  # the planned images, all of them
+    assert "written by 1 rank(s), this run has 2" in proc.stdout and "done: 19 steps" in proc.stdout, proc.stdout
+    assert final_weights(run)["state"]["step"] == 19
+    assert 10 * 64 + (19 - 10) * 2 * 64 == 28 * 64  # the planned images, all of them
