@@ -21,6 +21,7 @@ Snapshots therefore store their random states as tensors too.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import io
 import os
@@ -68,14 +69,17 @@ def atomic_write_bytes(data: bytes, path: str | Path) -> None:
             os.close(dir_fd)
 
 
-def remove_stale_temp_files(folder: str | Path, names) -> list[Path]:
+def is_temp_file_of(name: str, targets) -> bool:
+    """Whether the file called ``name`` is a temporary file of :func:`atomic_write_bytes` for one of ``targets``."""
+    return any(fnmatch.fnmatchcase(name, f".{glob.escape(target)}.*{TEMP_SUFFIX}") for target in targets)
+
+
+def remove_stale_temp_files(folder: str | Path, targets) -> list[Path]:
     """Delete the temporary files that :func:`atomic_write_bytes` left in ``folder`` for the
-    files ``names`` when its process was killed mid-write; return what was removed."""
-    removed = []
-    for name in names:
-        for tmp in Path(folder).glob(f".{glob.escape(name)}.*{TEMP_SUFFIX}"):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
+    files ``targets`` when its process was killed mid-write; return what was removed."""
+    removed = [path for path in Path(folder).iterdir() if path.is_file() and is_temp_file_of(path.name, targets)]
+    for path in removed:
+        path.unlink(missing_ok=True)
     return removed
 
 

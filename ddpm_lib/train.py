@@ -48,7 +48,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
-from .checkpoint import (TEMP_SUFFIX, atomic_save, atomic_write_bytes, ema_payload, load_checkpoint,
+from .checkpoint import (atomic_save, atomic_write_bytes, ema_payload, is_temp_file_of, load_checkpoint,
                          remove_stale_temp_files)
 from .config import Config, config_yaml, diff_configs, load_config
 from .data import load_data
@@ -163,9 +163,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-# What training writes into a run directory, and what sampling and evaluation add to it.
-RUN_FILES = ("config.yaml", "snapshot.pt", "ema.pt", "log.jsonl")
-RUN_EXTRAS = ("samples", "eval", "explorer", "metrics.json", "classifier.pt")
+RUN_FILES = ("config.yaml", "snapshot.pt", "ema.pt", "log.jsonl")  # what training writes into a run directory
 
 
 def incompatible_keys(saved: dict, cfg: Config) -> list[str]:
@@ -201,7 +199,7 @@ def inspect_run_dir(run_dir: Path, cfg: Config, resume: str) -> dict | None:
             raise DDPMError(f"{snapshot_path} was trained with a different config ({', '.join(changed)} differ); "
                             f"use a new --run-dir or the original settings")
         return snapshot
-    contents = sorted(p.name for p in run_dir.iterdir() if not p.name.endswith(TEMP_SUFFIX)) \
+    contents = sorted(p.name for p in run_dir.iterdir() if not is_temp_file_of(p.name, RUN_FILES)) \
         if run_dir.is_dir() else []
     if contents and not _unfinished_run(run_dir, cfg, contents):
         listing = ", ".join(contents[:3]) + (f" and {len(contents) - 3} more" if len(contents) > 3 else "")

@@ -190,6 +190,7 @@ def files_of(folder):
     ("user_config", ["is not empty and is not a run", "config.yaml"]),
     ("weights_without_snapshot", ["ema.pt", "no snapshot.pt", "overwrite"]),
     ("a_file", ["is a file"]),
+    ("user_tmp_file", ["is not empty and is not a run", "draft.tmp"]),
     ("other_config_unfinished", ["is not empty and is not a run"]),
 ])
 def test_training_never_writes_into_a_folder_it_does_not_own(tmp_path, setup, words):
@@ -200,6 +201,8 @@ def test_training_never_writes_into_a_folder_it_does_not_own(tmp_path, setup, wo
         run.mkdir()
     if setup == "user_folder":
         (run / "notes.txt").write_text("my notes")
+    elif setup == "user_tmp_file":  # only training's own temporary files are taken for leftovers
+        (run / "draft.tmp").write_text("my draft")
     elif setup == "user_config":
         (run / "config.yaml").write_text("my_tool: {threshold: 3}\n")
         (run / "log.jsonl").write_text('{"step": 1}\n')
