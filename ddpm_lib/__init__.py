@@ -14,6 +14,7 @@ One module per idea:
 - ``train`` / ``sample`` / ``evaluate``  the command-line programs
 - ``metrics``    the domain classifier and class accuracy of samples
 - ``viz``        image grids and plots
+- ``check``      instant checks of the pieces a learner writes in the notebooks
 """
 
 __version__ = "0.1.0"
