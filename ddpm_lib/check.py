@@ -29,6 +29,17 @@ Signatures the notebooks ask for (shapes: B batch, C channels, H x W pixels, T s
 - ``timestep_embedding(t, dim) -> (B, dim)``: the sinusoidal embedding of the U-Net (Vaswani et al.
   2017, as used by Ho et al. 2020), ``[cos(t w_k), sin(t w_k)]`` with ``w_k = 10000^(-k / (dim/2))``,
   zero-padded to ``dim`` when ``dim`` is odd.
+- ``scale_shift_norm(h, scale, shift, norm)``: adaptive GroupNorm, ``norm(h) * (1 + scale) + shift``.
+- ``eps_loss(model, x0, y, t, noise, drop, null_class, schedule)``: the simple loss with label dropout.
+- ``ddpm_step(x_t, t, eps, noise, schedule)`` and ``ddim_step(x_t, t, t_prev, eps, noise, eta, schedule)``.
+- ``guidance(eps_cond, eps_uncond, scale)``: classifier-free guidance.
+- ``ema_update(ema, live, decay, num_updates)``: one EMA step with warm-up.
+- ``shard_indices(n, world_size, rank, epoch, seed)`` and ``average_gradients(grads)``: DDP's data
+  sharding and gradient all-reduce.
+- ``frechet_distance(mu1, sigma1, mu2, sigma2)``: the distance FID computes.
+
+``tests/test_check.py`` feeds every checker a right implementation and typical wrong ones
+(mutants) written as a learner would, and asserts each mutant gets its own hint.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from . import diffusion, schedules, unet
 
@@ -73,8 +85,9 @@ def _as_tuple(value) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
 
-def _difference(got, want, atol: float, rtol: float) -> str | None:
-    """Why ``got`` is not ``want`` (tensors or tuples of tensors), or None when they match."""
+def _difference(got, want, atol: float, rtol: float, equal_nan: bool = False) -> str | None:
+    """Why ``got`` is not ``want`` (tensors or tuples of tensors), or None when they match.
+    ``equal_nan``: NaN matches NaN (to recognise a mistake that produces NaN)."""
     got, want = _as_tuple(got), _as_tuple(want)
     if len(got) != len(want):
         return f"returned {len(got)} value(s), expected {len(want)}"
@@ -86,19 +99,23 @@ def _difference(got, want, atol: float, rtol: float) -> str | None:
             return f"{what} has shape {tuple(g.shape)}, expected {tuple(w.shape)}"
         if not g.is_floating_point():
             return f"{what} has dtype {g.dtype}, expected floating point"
-        if not torch.isfinite(g).all():
+        if not equal_nan and not torch.isfinite(g).all():
             return f"{what} holds NaN or inf"
         g64, w64 = g.detach().double().cpu(), w.detach().double().cpu()
-        if not torch.allclose(g64, w64, atol=atol, rtol=rtol):
+        if not torch.allclose(g64, w64, atol=atol, rtol=rtol, equal_nan=equal_nan):
+            if atol == rtol == 0:
+                return f"{what} differs from the expected values"
             return f"{what} is off by up to {(g64 - w64).abs().max().item():.3g} (tolerance {atol:g} + {rtol:g} x |value|)"
     return None
 
 
 def _matches(got, wrong: Callable, args: tuple, atol: float, rtol: float) -> bool:
+    """Whether the learner's ``got`` (an output, or the exception it raised) is what ``wrong`` gives."""
     try:
-        return _difference(got, wrong(*args), atol, rtol) is None
-    except Exception:  # a mistake that cannot even run on this case is not the one made
-        return False
+        mistaken = wrong(*args)
+    except Exception as err:  # the mistake fails on this case: it matches a learner failing the same way
+        return isinstance(got, BaseException) and type(got) is type(err)
+    return not isinstance(got, BaseException) and _difference(got, mistaken, atol, rtol, equal_nan=True) is None
 
 
 def run_check(name: str, learner: Callable, reference: Callable, cases: list[tuple[str, tuple]],
@@ -113,7 +130,7 @@ def run_check(name: str, learner: Callable, reference: Callable, cases: list[tup
             print(result.message)
         return result
 
-    failures = []  # (label, args, output, what differs)
+    failures = []  # (label, args, output or the exception raised, what differs)
     for label, args in cases:
         try:
             got = learner(*args)
@@ -122,16 +139,20 @@ def run_check(name: str, learner: Callable, reference: Callable, cases: list[tup
                                "library's version until you fill it in")
         except Exception as err:
             reason = str(err).splitlines()[0] if str(err) else ""
-            return done(False, f"{label}: your function raised {type(err).__name__}: {reason}")
+            failures.append((label, args, err, f"your function raised {type(err).__name__}: {reason}"))
+            continue
         problem = _difference(got, reference(*args), atol, rtol)
         if problem:
             failures.append((label, args, got, problem))
     if not failures:
         return done(True, f"all {len(cases)} cases match the library's reference ({', '.join(l for l, _ in cases)})")
-    # Report the first case that differs; take the hint from the first known mistake the output
-    # equals on any differing case (some mistakes only show exactly on small inputs).
-    mistake = next((m for _, args, got, _ in failures for m in mistakes if _matches(got, m.wrong, args, atol, rtol)),
-                   None)
+    # Report the first case that differs. The hint is that of the known mistake that reproduces the
+    # learner's output on the most differing cases (mistakes can coincide on some inputs, and some
+    # show exactly only on small ones); ties go to the mistake listed first.
+    score = {i: sum(_matches(got, m.wrong, args, atol, rtol) for _, args, got, _ in failures)
+             for i, m in enumerate(mistakes)}
+    best = max(score, key=lambda i: (score[i], -i), default=None)
+    mistake = mistakes[best] if best is not None and score[best] else None
     label, _, _, problem = failures[0]
     hint = mistake.hint if mistake else "compare your formula with the equation above, term by term"
     return done(False, f"{label}: {problem}. Hint: {hint}", mistake.name if mistake else None)
@@ -311,3 +332,347 @@ def timestep_embedding(fn: Callable, quiet: bool = False) -> CheckResult:
                 variant(interleave=True)),
     ]
     return run_check("timestep_embedding", fn, reference, cases, mistakes, atol=1e-4, rtol=1e-4, quiet=quiet)
+
+
+def scale_shift_norm(fn: Callable, quiet: bool = False) -> CheckResult:
+    """Check ``fn(h, scale, shift, norm) -> norm(h) * (1 + scale) + shift``: the ResBlock's adaptive
+    GroupNorm (Dhariwal & Nichol 2021, sec. 3), with h (B, C, H, W), scale and shift (B, C) from the
+    time and class embedding, and ``norm`` a GroupNorm module."""
+    g = torch.Generator().manual_seed(3)
+
+    def case(batch: int, channels: int, dtype=torch.float32):
+        norm = torch.nn.GroupNorm(min(4, channels), channels).to(dtype)
+        with torch.no_grad():  # a norm with its own affine parameters, as in the U-Net
+            norm.weight.copy_(1 + 0.5 * torch.randn(channels, generator=g))
+            norm.bias.copy_(0.5 * torch.randn(channels, generator=g))
+        return (torch.randn(batch, channels, 4, 4, generator=g).to(dtype),
+                torch.randn(batch, channels, generator=g).to(dtype), torch.randn(batch, channels, generator=g).to(dtype),
+                norm)
+
+    cases = [("a batch of 3, 8 channels", case(3, 8)), ("a batch of 1, 4 channels", case(1, 4)),
+             ("float64", case(2, 8, torch.float64))]
+
+    def reference(h, scale, shift, norm):
+        with torch.no_grad():
+            return norm(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+
+    def variant(plus_one: bool = True, swap: bool = False, before_norm: bool = False):
+        def wrong(h, scale, shift, norm):
+            if swap:
+                scale, shift = shift, scale
+            s, b = scale[:, :, None, None], shift[:, :, None, None]
+            with torch.no_grad():
+                if before_norm:
+                    return norm(h * (1 + s) + b)
+                return norm(h) * ((1 + s) if plus_one else s) + b
+        return wrong
+
+    mistakes = [
+        Mistake("no_plus_one", "a scale of 0 should leave the normalised features unchanged: the factor is "
+                               "1 + scale (so a zero-initialised projection starts as plain GroupNorm)",
+                variant(plus_one=False)),
+        Mistake("swapped", "scale and shift have each other's roles: the first multiplies, the second is added",
+                variant(swap=True)),
+        Mistake("before_norm", "you modulate before normalising, so the norm undoes most of it: normalise first",
+                variant(before_norm=True)),
+    ]
+    return run_check("scale_shift_norm", fn, reference, cases, mistakes, quiet=quiet)
+
+
+# ------------------------------------------------------------------ training and sampling (unit 04)
+
+
+def _toy_model(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A fixed stand-in for eps_theta(x_t, t, y), so losses can be compared exactly."""
+    shape = (-1, *([1] * (x_t.ndim - 1)))
+    return 0.5 * x_t + 0.1 * y.to(x_t.dtype).reshape(shape) - 0.001 * t.to(x_t.dtype).reshape(shape)
+
+
+def eps_loss(fn: Callable, quiet: bool = False) -> CheckResult:
+    """Check ``fn(model, x0, y, t, noise, drop, null_class, schedule) -> loss`` (a scalar): the simple
+    loss of Ho et al. 2020 (eq. 14) with label dropout for classifier-free guidance,
+    ``mean((noise - model(x_t, t, y'))^2)`` where ``y'`` is ``null_class`` where ``drop`` (bool (B,)) is
+    true and ``y`` elsewhere. ``model(x_t, t, y)`` is given; the random draws are given too."""
+    schedule = schedules.linear(1000)
+    g = torch.Generator().manual_seed(4)
+
+    def case(batch: int, dtype=torch.float32):
+        x0 = torch.rand(batch, 1, 8, 8, generator=g).mul(2).sub(1).to(dtype)
+        y = torch.randint(0, 10, (batch,), generator=g)
+        drop = torch.rand(batch, generator=g) < 0.5
+        drop[0], drop[-1] = True, False if batch > 1 else True
+        return _toy_model, x0, y, _steps(schedule, batch, g), torch.randn(x0.shape, generator=g).to(dtype), drop, \
+            10, schedule
+
+    cases = [("a batch of 8", case(8)), ("a batch of 1", case(1)), ("float64", case(4, torch.float64))]
+
+    def reference(model, x0, y, t, noise, drop, null_class, s):
+        x_t = diffusion.q_sample(s, x0, t, noise)
+        return F.mse_loss(model(x_t, t, torch.where(drop, torch.full_like(y, null_class), y)), noise)
+
+    def variant(target: str = "noise", labels: str = "dropped", reduce: str = "mean"):
+        def wrong(model, x0, y, t, noise, drop, null_class, s):
+            x_t = diffusion.q_sample(s, x0, t, noise)
+            y_in = {"dropped": torch.where(drop, torch.full_like(y, null_class), y), "kept": y,
+                    "inverted": torch.where(drop, y, torch.full_like(y, null_class))}[labels]
+            error = (model(x_t, t, y_in) - (noise if target == "noise" else x0)) ** 2
+            return error.mean() if reduce == "mean" else error.sum()
+        return wrong
+
+    mistakes = [
+        Mistake("target_x0", "the network predicts the noise that was added, not the clean image: compare with "
+                             "the noise", variant(target="x0")),
+        Mistake("no_dropout", "the dropped labels still reach the model: where drop is true, pass the null class",
+                variant(labels="kept")),
+        Mistake("inverted_dropout", "the null class went to the labels that were kept: drop is true where the "
+                                    "label is dropped", variant(labels="inverted")),
+        Mistake("sum", "the loss grows with the batch and image size: average the squared errors",
+                variant(reduce="sum")),
+    ]
+    return run_check("eps_loss", fn, reference, cases, mistakes, quiet=quiet)
+
+
+def _sampler_cases(schedule: schedules.NoiseSchedule, seed: int, steps: list[int]) -> list[tuple[str, tuple]]:
+    """(label, (x_t, t, eps, noise)) for each step t in ``steps``: a batch of 4, then a batch of 1, float64."""
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for i, t in enumerate(steps):
+        batch, dtype = (1, torch.float32) if i == 1 else (4, torch.float64 if i == 2 else torch.float32)
+        tensors = [torch.randn(batch, 1, 8, 8, generator=g).to(dtype) for _ in range(3)]
+        cases.append((f"t = {t}, a batch of {batch}{', float64' if dtype == torch.float64 else ''}",
+                      (tensors[0], t, tensors[1], tensors[2])))
+    return cases
+
+
+def ddpm_step(fn: Callable, schedule: schedules.NoiseSchedule | None = None, quiet: bool = False) -> CheckResult:
+    """Check ``fn(x_t, t, eps, noise, schedule) -> x_{t-1}``: one ancestral step (Ho et al. 2020, eq. 11)
+    with ``sigma_t^2 = beta_tilde_t`` (the posterior variance), no clipping; ``t`` is an int, x_t, eps,
+    noise (B, C, H, W). At t = 0, beta_tilde is 0, so adding "noise" there changes nothing."""
+    schedule = schedule or schedules.linear(1000)
+    T = schedule.timesteps
+    cases = [(label, (x_t, t, eps, noise, schedule))
+             for label, (x_t, t, eps, noise) in _sampler_cases(schedule, 5, [T - 1, 500, 1, 0])]
+
+    def reference(x_t, t, eps, noise, s):
+        return diffusion.ddpm_step(s, x_t, t, eps, noise, clip_x0=False)[0]
+
+    def variant(sigma: str = "std", recip: str = "sqrt_alpha", eps_coef: str = "sqrt"):
+        def wrong(x_t, t, eps, noise, s):
+            alpha, ab, beta = s.alphas[t].item(), s.alpha_bar[t].item(), s.betas[t].item()
+            var = s.posterior_variance[t].item()
+            scale = {"sqrt_alpha": alpha ** -0.5, "alpha": 1 / alpha, "sqrt_alpha_bar": ab ** -0.5}[recip]
+            k = beta / ((1 - ab) ** 0.5 if eps_coef == "sqrt" else (1 - ab))
+            mean = scale * (x_t - k * eps)
+            return mean + {"std": var ** 0.5, "variance": var, "beta": beta ** 0.5}[sigma] * noise
+        return wrong
+
+    mistakes = [
+        Mistake("sigma_variance", "the noise is scaled by a variance: sigma_t is the square root of beta_tilde_t",
+                variant(sigma="variance")),
+        Mistake("sigma_beta", "sigma_t = sqrt(beta_t) is the other choice in Ho et al.; the library (and this "
+                              "check) uses the posterior's, sigma_t^2 = beta_tilde_t", variant(sigma="beta")),
+        Mistake("recip_alpha", "the mean is divided by alpha_t: it is 1 / sqrt(alpha_t)", variant(recip="alpha")),
+        Mistake("recip_alpha_bar", "the mean uses alpha_bar_t where eq. 11 has alpha_t, this one step's",
+                variant(recip="sqrt_alpha_bar")),
+        Mistake("eps_coef_no_sqrt", "the noise estimate's weight is beta_t / sqrt(1 - alpha_bar_t): a square "
+                                    "root is missing", variant(eps_coef="plain")),
+    ]
+    return run_check("ddpm_step", fn, reference, cases, mistakes, quiet=quiet)
+
+
+def ddim_step(fn: Callable, schedule: schedules.NoiseSchedule | None = None, quiet: bool = False) -> CheckResult:
+    """Check ``fn(x_t, t, t_prev, eps, noise, eta, schedule) -> x_{t_prev}``: one DDIM step (Song et al.
+    2021, eq. 12 and 16) without clipping; ``t_prev = -1`` means the clean image (alpha_bar = 1)."""
+    schedule = schedule or schedules.linear(1000)
+    g = torch.Generator().manual_seed(6)
+    settings = [(999, 979, 0.0), (500, 250, 1.0), (40, -1, 0.5), (20, 10, 0.5)]
+    cases = []
+    for i, (t, t_prev, eta) in enumerate(settings):
+        batch, dtype = (1, torch.float32) if i == 1 else (3, torch.float64 if i == 3 else torch.float32)
+        x_t, eps, noise = (torch.randn(batch, 1, 8, 8, generator=g).to(dtype) for _ in range(3))
+        cases.append((f"t = {t} -> {t_prev}, eta = {eta}, a batch of {batch}", (x_t, t, t_prev, eps, noise, eta, schedule)))
+
+    def reference(x_t, t, t_prev, eps, noise, eta, s):
+        return diffusion.ddim_step(s, x_t, t, t_prev, eps, noise, eta, clip_x0=False)[0]
+
+    def variant(prev: str = "alpha_bar", x0_from: str = "recip_sqrt", with_eta: bool = True,
+                subtract_sigma: bool = True, sqrt: Callable = math.sqrt):
+        def wrong(x_t, t, t_prev, eps, noise, eta, s):
+            a_t = s.alpha_bar[t].item()
+            table = s.alphas if prev == "alpha" else s.alpha_bar
+            a_prev = table[t_prev].item() if (t_prev >= 0 or prev == "negative_index") else 1.0
+            x0 = (x_t - (1 - a_t) ** 0.5 * eps) * (a_t ** -0.5 if x0_from == "recip_sqrt" else (1 / s.alphas[t].item()) ** 0.5)
+            e = eta if with_eta else 1.0
+            sigma = e * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+            direction = sqrt(1 - a_prev - (sigma ** 2 if subtract_sigma else 0))
+            return sqrt(a_prev) * x0 + direction * eps + sigma * noise
+        return wrong
+
+    mistakes = [
+        *(Mistake("negative_index", "at t_prev = -1, alpha_bar[-1] is the *last* step's value in Python: the step "
+                                    "before the first has alpha_bar = 1", variant(prev="negative_index", sqrt=sqrt))
+          for sqrt in (math.sqrt, lambda v: torch.as_tensor(v, dtype=torch.float64).sqrt())),  # raises, or NaN
+        Mistake("x0_sqrt_recip_alpha", "x_0 is rebuilt with 1 / sqrt(alpha_bar_t), the whole product, not with "
+                                       "sqrt(1 / alpha_t)", variant(x0_from="sqrt_recip_alpha")),
+        Mistake("alpha_prev", "alpha_t_prev must be alpha_bar at t_prev (the product), not one step's alpha",
+                variant(prev="alpha")),
+        Mistake("no_eta", "sigma ignores eta: eta = 0 must give the deterministic DDIM", variant(with_eta=False)),
+        Mistake("direction_keeps_sigma", "the noise added (sigma) must come out of the direction term: "
+                                         "sqrt(1 - alpha_bar_prev - sigma^2)", variant(subtract_sigma=False)),
+    ]
+    return run_check("ddim_step", fn, reference, cases, mistakes, quiet=quiet)
+
+
+def guidance(fn: Callable, quiet: bool = False) -> CheckResult:
+    """Check ``fn(eps_cond, eps_uncond, scale) -> eps``: classifier-free guidance (Ho & Salimans 2022)
+    as this course writes it, ``eps_uncond + scale * (eps_cond - eps_uncond)``: scale 1 is the
+    conditional model, 0 the unconditional one."""
+    g = torch.Generator().manual_seed(7)
+    pair = lambda b: (torch.randn(b, 1, 4, 4, generator=g), torch.randn(b, 1, 4, 4, generator=g))  # noqa: E731
+    cases = [(f"scale {s}", (*pair(3), s)) for s in (2.0, 1.0, 0.0, 7.5)]
+
+    def reference(cond, uncond, s):
+        return uncond + s * (cond - uncond)
+
+    mistakes = [
+        Mistake("swapped", "the roles of the two estimates are swapped: scale 0 must give the unconditional one",
+                lambda c, u, s: c + s * (u - c)),
+        Mistake("w_convention", "that is the paper's (1 + w) eps_c - w eps_u with w = scale: here scale = 1 must "
+                                "give the conditional estimate unchanged (w = scale - 1)",
+                lambda c, u, s: (1 + s) * c - s * u),
+        Mistake("cond_only", "the unconditional estimate is missing: guidance extrapolates from it towards the "
+                             "conditional one", lambda c, u, s: s * c),
+    ]
+    return run_check("guidance", fn, reference, cases, mistakes, quiet=quiet)
+
+
+# ------------------------------------------------------------------ EMA (unit 05)
+
+
+def ema_update(fn: Callable, quiet: bool = False) -> CheckResult:
+    """Check ``fn(ema, live, decay, num_updates) -> new ema`` (tensors of one shape): one EMA step with
+    warm-up, ``d = min(decay, (1 + n) / (10 + n))`` after ``n = num_updates`` earlier updates, then
+    ``ema * d + live * (1 - d)`` (``ddpm_lib.ema``)."""
+    g = torch.Generator().manual_seed(8)
+    pair = lambda: (torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g))  # noqa: E731
+    cases = [(f"decay {d}, after {n} updates", (*pair(), d, n)) for d, n in ((0.999, 0), (0.999, 5), (0.9, 1000),
+                                                                           (0.999, 100000))]
+
+    def decay_at(decay, n, shift=0, cap=min):
+        return cap(decay, (1 + n + shift) / (10 + n + shift))
+
+    def reference(ema, live, decay, n):
+        d = decay_at(decay, n)
+        return ema * d + live * (1 - d)
+
+    mistakes = [
+        Mistake("swapped", "the average moves almost all the way to the live weights: the old average keeps the "
+                           "weight d", lambda e, l, d, n: e * (1 - decay_at(d, n)) + l * decay_at(d, n)),
+        Mistake("no_warmup", "early on the average should forget its random start fast: use the warm-up decay",
+                lambda e, l, d, n: e * d + l * (1 - d)),
+        Mistake("max", "the warm-up decay must never exceed decay: it is the smaller of the two",
+                lambda e, l, d, n: e * decay_at(d, n, cap=max) + l * (1 - decay_at(d, n, cap=max))),
+        Mistake("off_by_one", "the warm-up counts the updates before this one: after n updates it is (1 + n) / (10 + n)",
+                lambda e, l, d, n: e * decay_at(d, n, shift=1) + l * (1 - decay_at(d, n, shift=1))),
+    ]
+    return run_check("ema_update", fn, reference, cases, mistakes, quiet=quiet)
+
+
+# ------------------------------------------------------------------ DDP (unit 06)
+
+
+def shard_indices(fn: Callable, quiet: bool = False) -> CheckResult:
+    """Check ``fn(n, world_size, rank, epoch, seed) -> list of indices``: what
+    ``DistributedSampler(range(n), world_size, rank, shuffle=True, seed=seed)`` yields after
+    ``set_epoch(epoch)``: ``torch.randperm(n)`` from a generator seeded ``seed + epoch``, padded with
+    its own first indices to a multiple of ``world_size``, then every ``world_size``-th from ``rank``."""
+    from torch.utils.data import DistributedSampler
+
+    cases = [(f"n={n}, {w} ranks, rank {r}, epoch {e}", (n, w, r, e, 0)) for n, w, r, e in
+             ((10, 2, 0, 0), (10, 2, 1, 3), (11, 4, 3, 1), (7, 1, 0, 2), (5, 8, 6, 0))]
+
+    def listed(f):
+        return lambda *a: torch.tensor([float(i) for i in f(*a)], dtype=torch.float64)
+
+    def reference(n, w, r, e, seed):
+        sampler = DistributedSampler(range(n), num_replicas=w, rank=r, shuffle=True, seed=seed)
+        sampler.set_epoch(e)
+        return torch.tensor([float(i) for i in sampler], dtype=torch.float64)
+
+    def order(n, e, seed, pad_to=None):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + e)).tolist()
+        while pad_to and len(perm) < pad_to:
+            perm += perm[: pad_to - len(perm)]
+        return perm
+
+    padded = lambda n, w: -(-n // w) * w  # noqa: E731
+    mistakes = [
+        Mistake("blocks", "each rank reads a contiguous block: ranks take every world_size-th index, starting at rank",
+                lambda n, w, r, e, s: order(n, e, s, padded(n, w))[r * padded(n, w) // w:(r + 1) * padded(n, w) // w]),
+        Mistake("no_shuffle", "the order is not shuffled: use a permutation from a generator seeded seed + epoch",
+                lambda n, w, r, e, s: (list(range(n)) + list(range(n)))[: padded(n, w)][r::w]),
+        Mistake("same_every_epoch", "every epoch has the same order: the permutation's seed is seed + epoch",
+                lambda n, w, r, e, s: order(n, 0, s, padded(n, w))[r::w]),
+        Mistake("no_padding", "the ranks get different numbers of indices, so they would stop at different steps: "
+                              "pad the order with its own first indices to a multiple of world_size",
+                lambda n, w, r, e, s: order(n, e, s)[r::w]),
+    ]
+    mistakes = [Mistake(m.name, m.hint, listed(m.wrong)) for m in mistakes]
+    return run_check("shard_indices", listed(fn), reference, cases, mistakes, atol=0, rtol=0, quiet=quiet)
+
+
+def average_gradients(fn: Callable, quiet: bool = False) -> CheckResult:
+    """Check ``fn(grads) -> grad``: the gradient every rank holds after DDP's all-reduce, given each
+    rank's own gradient (a list of W tensors of one shape): their mean."""
+    g = torch.Generator().manual_seed(9)
+    cases = [(f"{w} ranks", ([torch.randn(4, 3, generator=g) for _ in range(w)],)) for w in (2, 4, 1)]
+
+    def reference(grads):
+        return torch.stack(grads).mean(0)
+
+    mistakes = [
+        Mistake("sum", "the result grows with the number of ranks: DDP averages (all-reduce SUM, then divide by W)",
+                lambda grads: torch.stack(grads).sum(0)),
+        Mistake("rank0", "every rank must hold the same combination of all ranks' gradients, not rank 0's alone",
+                lambda grads: grads[0]),
+    ]
+    return run_check("average_gradients", fn, reference, cases, mistakes, quiet=quiet)
+
+
+# ------------------------------------------------------------------ evaluation (unit 08)
+
+
+def frechet_distance(fn: Callable, quiet: bool = False) -> CheckResult:
+    """Check ``fn(mu1, sigma1, mu2, sigma2) -> d`` (a 0-dim tensor or a float): the Fréchet distance of two
+    Gaussians (Dowson & Landau 1982; FID, Heusel et al. 2017),
+    ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))`` with the *matrix* square root."""
+    g = torch.Generator().manual_seed(10)
+
+    def gaussian(dim: int):
+        a = torch.randn(dim, dim, generator=g, dtype=torch.float64)
+        return torch.randn(dim, generator=g, dtype=torch.float64), a @ a.T / dim + 0.1 * torch.eye(dim, dtype=torch.float64)
+
+    cases = [(f"dimension {d}", (*gaussian(d), *gaussian(d))) for d in (4, 16, 1)]
+    cases.append(("identical Gaussians", (*cases[0][1][:2], *cases[0][1][:2])))
+
+    def scalar(f):
+        return lambda *a: torch.as_tensor(f(*a), dtype=torch.float64).reshape(())
+
+    def trace_sqrt_product(s1, s2):
+        # sigma1 sigma2 is similar to a symmetric PSD matrix, so its eigenvalues are real and >= 0
+        return torch.linalg.eigvals(s1 @ s2).real.clamp(min=0).sqrt().sum()
+
+    def reference(m1, s1, m2, s2):
+        return ((m1 - m2) ** 2).sum() + torch.trace(s1) + torch.trace(s2) - 2 * trace_sqrt_product(s1, s2)
+
+    mistakes = [
+        Mistake("elementwise_sqrt", "the square root of sigma1 sigma2 is a matrix square root (a matrix S with "
+                                    "S S = sigma1 sigma2), not the square root of each entry",
+                lambda m1, s1, m2, s2: ((m1 - m2) ** 2).sum() + torch.trace(s1 + s2 - 2 * (s1 @ s2).abs().sqrt())),
+        Mistake("norm_not_squared", "the mean term is the squared distance |mu1 - mu2|^2",
+                lambda m1, s1, m2, s2: (m1 - m2).norm() + torch.trace(s1) + torch.trace(s2) - 2 * trace_sqrt_product(s1, s2)),
+        Mistake("no_factor_2", "identical Gaussians must be at distance 0: the cross term is counted twice",
+                lambda m1, s1, m2, s2: ((m1 - m2) ** 2).sum() + torch.trace(s1) + torch.trace(s2) - trace_sqrt_product(s1, s2)),
+    ]
+    mistakes = [Mistake(m.name, m.hint, scalar(m.wrong)) for m in mistakes]
+    return run_check("frechet_distance", scalar(fn), reference, cases, mistakes, atol=1e-6, rtol=1e-5, quiet=quiet)

@@ -173,3 +173,159 @@ def test_embedding_mutants_get_their_hint(name):
 def test_embedding_without_padding_for_an_odd_dim_is_a_shape_error():
     result = check.timestep_embedding(lambda t, d: emb(t, d)[:, : 2 * (d // 2)], quiet=True)
     assert not result and "an odd dim" in result.message and "shape" in result.message
+
+
+# ------------------------------------------------------------------ adaptive GroupNorm
+
+
+def ssn(h, scale, shift, norm, plus_one=True, swap=False, before=False):
+    if swap:
+        scale, shift = shift, scale
+    s, b = scale.view(*scale.shape, 1, 1), shift.view(*shift.shape, 1, 1)
+    with torch.no_grad():
+        return norm(h * (1 + s) + b) if before else norm(h) * ((1 + s) if plus_one else s) + b
+
+
+SSN_MUTANTS = {"no_plus_one": lambda *a: ssn(*a, plus_one=False), "swapped": lambda *a: ssn(*a, swap=True),
+               "before_norm": lambda *a: ssn(*a, before=True)}
+
+
+# ------------------------------------------------------------------ the loss
+
+
+def loss(model, x0, y, t, noise, drop, null, s, target="noise", labels="dropped", reduce="mean"):
+    ab = s.alpha_bar[t].view(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    y_in = {"dropped": y.masked_fill(drop, null), "kept": y, "inverted": y.masked_fill(~drop, null)}[labels]
+    err = (model(x_t.to(x0.dtype), t, y_in) - (noise if target == "noise" else x0)) ** 2
+    return err.mean() if reduce == "mean" else err.sum()
+
+
+LOSS_MUTANTS = {"target_x0": lambda *a: loss(*a, target="x0"), "no_dropout": lambda *a: loss(*a, labels="kept"),
+                "inverted_dropout": lambda *a: loss(*a, labels="inverted"), "sum": lambda *a: loss(*a, reduce="sum")}
+
+
+# ------------------------------------------------------------------ DDPM and DDIM steps
+
+
+def ddpm(x_t, t, eps, noise, s, sigma="std", recip="sqrt_alpha", eps_sqrt=True, noise_at_0=False):
+    alpha, ab, beta = float(s.alphas[t]), float(s.alpha_bar[t]), float(s.betas[t])
+    scale = {"sqrt_alpha": 1 / math.sqrt(alpha), "alpha": 1 / alpha, "sqrt_alpha_bar": 1 / math.sqrt(ab)}[recip]
+    mean = scale * (x_t - beta / (math.sqrt(1 - ab) if eps_sqrt else 1 - ab) * eps)
+    if t == 0 and not noise_at_0:
+        return mean
+    var = float(s.posterior_variance[t])
+    return mean + {"std": math.sqrt(var), "variance": var, "beta": math.sqrt(beta)}[sigma] * noise
+
+
+DDPM_MUTANTS = {"sigma_variance": lambda *a: ddpm(*a, sigma="variance"),
+                "sigma_beta": lambda *a: ddpm(*a, sigma="beta"), "recip_alpha": lambda *a: ddpm(*a, recip="alpha"),
+                "recip_alpha_bar": lambda *a: ddpm(*a, recip="sqrt_alpha_bar"),
+                "eps_coef_no_sqrt": lambda *a: ddpm(*a, eps_sqrt=False)}
+
+
+def ddim(x_t, t, t_prev, eps, noise, eta, s, python_index=False, x0_wrong=False, alpha_prev=False, ignore_eta=False,
+         keep_sigma=False):
+    a_t = float(s.alpha_bar[t])
+    if python_index or t_prev >= 0:
+        a_prev = float((s.alphas if alpha_prev else s.alpha_bar)[t_prev])
+    else:
+        a_prev = 1.0
+    x0 = (x_t - math.sqrt(1 - a_t) * eps) * (math.sqrt(1 / float(s.alphas[t])) if x0_wrong else 1 / math.sqrt(a_t))
+    sigma = (1.0 if ignore_eta else eta) * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+    return math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - (0 if keep_sigma else sigma**2)) * eps + sigma * noise
+
+
+DDIM_MUTANTS = {"negative_index": lambda *a: ddim(*a, python_index=True), "x0_sqrt_recip_alpha": lambda *a: ddim(*a, x0_wrong=True),
+                "alpha_prev": lambda *a: ddim(*a, alpha_prev=True), "no_eta": lambda *a: ddim(*a, ignore_eta=True),
+                "direction_keeps_sigma": lambda *a: ddim(*a, keep_sigma=True)}
+
+
+# ------------------------------------------------------------------ guidance, EMA, DDP, FID
+
+
+GUIDANCE_MUTANTS = {"swapped": lambda c, u, s: c + s * (u - c), "w_convention": lambda c, u, s: c + s * (c - u),
+                    "cond_only": lambda c, u, s: s * c}
+
+
+def ema(e, live, decay, n, swap=False, warm=True, cap=min, shift=0):
+    d = cap(decay, (1 + n + shift) / (10 + n + shift)) if warm else decay
+    return e * (1 - d) + live * d if swap else d * e + (1 - d) * live
+
+
+EMA_MUTANTS = {"swapped": lambda *a: ema(*a, swap=True), "no_warmup": lambda *a: ema(*a, warm=False),
+               "max": lambda *a: ema(*a, cap=max), "off_by_one": lambda *a: ema(*a, shift=1)}
+
+
+def shard(n, world, rank, epoch, seed, blocks=False, shuffle=True, use_epoch=True, pad=True):
+    g = torch.Generator().manual_seed(seed + (epoch if use_epoch else 0))
+    order = torch.randperm(n, generator=g).tolist() if shuffle else list(range(n))
+    total = math.ceil(n / world) * world
+    if pad:
+        order += order[: total - n]
+    if blocks:
+        per = total // world
+        return order[rank * per:(rank + 1) * per]
+    return order[rank::world]
+
+
+SHARD_MUTANTS = {"blocks": lambda *a: shard(*a, blocks=True), "no_shuffle": lambda *a: shard(*a, shuffle=False),
+                 "same_every_epoch": lambda *a: shard(*a, use_epoch=False), "no_padding": lambda *a: shard(*a, pad=False)}
+
+GRAD_MUTANTS = {"sum": lambda grads: sum(grads), "rank0": lambda grads: grads[0].clone()}
+
+
+def fid(m1, s1, m2, s2, elementwise=False, plain_norm=False, once=False):
+    if elementwise:
+        cross = (s1 @ s2).abs().sqrt().trace()
+    else:
+        values, vectors = torch.linalg.eigh(s1)
+        root1 = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+        cross = torch.linalg.eigvalsh(root1 @ s2 @ root1).clamp(min=0).sqrt().sum()
+    mean_term = (m1 - m2).norm() if plain_norm else ((m1 - m2) ** 2).sum()
+    return mean_term + s1.trace() + s2.trace() - (1 if once else 2) * cross
+
+
+FID_MUTANTS = {"elementwise_sqrt": lambda *a: fid(*a, elementwise=True), "norm_not_squared": lambda *a: fid(*a, plain_norm=True),
+               "no_factor_2": lambda *a: fid(*a, once=True)}
+
+
+CHECKERS = {  # checker: (a right implementation, its mutants), each written as a learner would
+    check.scale_shift_norm: (ssn, SSN_MUTANTS),
+    check.eps_loss: (loss, LOSS_MUTANTS),
+    check.ddpm_step: (ddpm, DDPM_MUTANTS),
+    check.ddim_step: (ddim, DDIM_MUTANTS),
+    check.guidance: (lambda c, u, s: u + s * (c - u), GUIDANCE_MUTANTS),
+    check.ema_update: (ema, EMA_MUTANTS),
+    check.shard_indices: (shard, SHARD_MUTANTS),
+    check.average_gradients: (lambda grads: torch.stack(grads).mean(0), GRAD_MUTANTS),
+    check.frechet_distance: (fid, FID_MUTANTS),
+}
+
+
+@pytest.mark.parametrize("checker", list(CHECKERS), ids=lambda c: c.__name__)
+def test_right_implementations_pass(checker):
+    result = checker(CHECKERS[checker][0], quiet=True)
+    assert result, result.message
+
+
+@pytest.mark.parametrize("checker,name", [(c, n) for c, (_, mutants) in CHECKERS.items() for n in mutants],
+                         ids=lambda v: getattr(v, "__name__", v))
+def test_mutants_are_rejected_with_their_hint(checker, name):
+    result = checker(CHECKERS[checker][1][name], quiet=True)
+    assert not result and result.mistake == name, result.message
+
+
+def test_a_negative_index_is_recognised_whether_it_raises_or_gives_nan():
+    def torch_ddim(x_t, t, t_prev, eps, noise, eta, s):  # alpha_bar[-1] with torch: NaN instead of an error
+        a_t, a_prev = s.alpha_bar[t], s.alpha_bar[t_prev]
+        x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+        return a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).sqrt() * eps + sigma * noise
+
+    result = check.ddim_step(torch_ddim, quiet=True)
+    assert not result and result.mistake == "negative_index", result.message
+
+
+def test_noise_at_the_last_ddpm_step_is_harmless_with_the_posterior_variance():
+    assert check.ddpm_step(lambda *a: ddpm(*a, noise_at_0=True), quiet=True)
