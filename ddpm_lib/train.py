@@ -230,17 +230,17 @@ def claim_run_dir(run_dir: Path, cfg: Config, resume_step: int) -> None:
     log = run_dir / "log.jsonl"
     if log.exists():
         lines = log.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if _logged_step(line) is not None and _logged_step(line) <= resume_step]
+        kept = [line for line in lines if _logged_step(line) <= resume_step]
         if kept != lines:
             atomic_write_bytes("".join(kept).encode(), log)
 
 
-def _logged_step(line: str) -> int | None:
-    """The step of a ``log.jsonl`` line, or None for a line cut short by a kill."""
+def _logged_step(line: str) -> float:
+    """The step of a ``log.jsonl`` line; infinity for a line cut short by a kill (never kept)."""
     try:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
-        return None
+        return math.inf
 
 
 class ProgressBar:
