@@ -15,9 +15,15 @@ a hint. The hint comes from the typical mistakes each checker knows: if the lear
 equals the reference *with that mistake made* (alpha instead of alpha_bar, a missing square
 root, an off-by-one step, a sign), the hint names the symptom, never the solution.
 
-A stub that still raises ``NotImplementedError`` is reported as "not written yet"; the
-notebook then uses the library's version, so every later cell still runs. A checker returns
-a :class:`CheckResult`, which is truthy when the function passed.
+A stub that still raises ``NotImplementedError`` is reported as "not written yet". A checker
+returns a :class:`CheckResult`, which is truthy when the function passed; its ``function`` is
+the learner's function once it passes and the library's version until then, so a notebook
+writes ``q_sample = check.q_sample(my_q_sample).function`` and every later cell still runs.
+
+Worked solutions live outside the notebooks, in ``notebooks/solutions/NN_unit.py``.
+``check.use_solutions(path)`` (a notebook's ``SOLUTIONS = True`` parameter) makes every later
+check run the solution of the same name instead of the learner's cell, and raise if it fails:
+CI runs each notebook once that way and once as a learner first sees it (stubs).
 
 Signatures the notebooks ask for (shapes: B batch, C channels, H x W pixels, T steps):
 
@@ -44,8 +50,12 @@ Signatures the notebooks ask for (shapes: B batch, C channels, H x W pixels, T s
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -58,15 +68,79 @@ ATOL, RTOL = 1e-5, 1e-4  # float32 arithmetic done in another order differs by a
 
 @dataclass
 class CheckResult:
-    """What a checker found: ``passed``; ``mistake`` names the known mistake the output matched."""
+    """What a checker found: ``passed``; ``mistake`` names the known mistake the output matched.
+    ``function`` is what the notebook uses from here on: ``learner`` once it passed, else ``fallback``
+    (the library's version in the learner's signature)."""
 
     name: str
     passed: bool
     message: str
     mistake: str | None = None
+    learner: Callable | None = None
+    fallback: Callable | None = None
 
     def __bool__(self) -> bool:
         return self.passed
+
+    @property
+    def function(self) -> Callable | None:
+        return self.learner if self.passed else self.fallback
+
+
+class SolutionFailed(AssertionError):
+    """A worked solution failed its check (``use_solutions`` mode): the solution file is wrong."""
+
+
+_solutions: ModuleType | None = None
+
+
+def use_solutions(path: str | Path | None) -> None:
+    """Check the worked solutions in the Python file ``path`` instead of the learner's functions
+    (``None``: the learner's again). Every later ``check.NAME(fn)`` runs the file's ``NAME`` and
+    raises :class:`SolutionFailed` if it does not pass."""
+    global _solutions
+    if path is None:
+        _solutions = None
+        return
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no solutions file {path} (looked in {Path.cwd()})")
+    spec = importlib.util.spec_from_file_location(f"solutions_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _solutions = module
+    print(f"checking the worked solutions in {path}, not the cells' own functions")
+
+
+def _checker(check: Callable) -> Callable:
+    """Make a checker solution-aware and record the learner's function in its result."""
+    @functools.wraps(check)
+    def checked(fn: Callable, *args, **kwargs) -> CheckResult:
+        solutions = _solutions
+        if solutions is not None:
+            fn = getattr(solutions, check.__name__, None)
+            if fn is None:
+                raise SolutionFailed(f"{solutions.__file__} defines no {check.__name__}()")
+        result = check(fn, *args, **kwargs)
+        result.learner = fn
+        if solutions is not None and not result:
+            raise SolutionFailed(f"the worked solution in {solutions.__file__} fails: {result.message}")
+        return result
+    return checked
+
+
+def score_prediction(guess, measured: float, tolerance: float, what: str, unit: str = "") -> bool | None:
+    """Print how a learner's prediction of ``what`` compares with the ``measured`` value; True when
+    ``|guess - measured| <= tolerance``, None when no guess was made (``guess`` is None)."""
+    shown = lambda v: f"{v:.4g}{unit}" if isinstance(v, float) else f"{v}{unit}"  # noqa: E731
+    if guess is None:
+        print(f"{what}: measured {shown(measured)}. (You made no prediction: set it in the cell above "
+              f"before running this one, then compare.)")
+        return None
+    close = abs(float(guess) - float(measured)) <= tolerance
+    verdict = ("close: within " if close else "off by more than ") + shown(tolerance)
+    print(f"{what}: you predicted {shown(guess)}, measured {shown(measured)} ({verdict}).")
+    return close
 
 
 @dataclass
@@ -119,13 +193,18 @@ def _matches(got, wrong: Callable, args: tuple, atol: float, rtol: float) -> boo
 
 
 def run_check(name: str, learner: Callable, reference: Callable, cases: list[tuple[str, tuple]],
-              mistakes: list[Mistake], atol: float = ATOL, rtol: float = RTOL, quiet: bool = False) -> CheckResult:
+              mistakes: list[Mistake], atol: float = ATOL, rtol: float = RTOL, quiet: bool = False,
+              fallback: Callable | None = None) -> CheckResult:
     """Compare ``learner`` with ``reference`` on ``cases`` (label, args); diagnose the first mismatch.
 
-    Prints (unless ``quiet``) and returns one :class:`CheckResult`.
+    Prints (unless ``quiet``) and returns one :class:`CheckResult`; ``fallback`` (default
+    ``reference``) is what the notebook uses until the learner's function passes.
     """
+    using_library = "; until it passes, the cells below use the library's version"
+
     def done(passed: bool, message: str, mistake: str | None = None) -> CheckResult:
-        result = CheckResult(name, passed, f"{'PASS' if passed else 'FAIL'} {name}: {message}", mistake)
+        result = CheckResult(name, passed, f"{'PASS' if passed else 'FAIL'} {name}: {message}", mistake,
+                             learner, fallback or reference)
         if not quiet:
             print(result.message)
         return result
@@ -134,9 +213,9 @@ def run_check(name: str, learner: Callable, reference: Callable, cases: list[tup
     for label, args in cases:
         try:
             got = learner(*args)
-        except NotImplementedError:
-            return done(False, "not written yet (it raises NotImplementedError); the notebook uses the "
-                               "library's version until you fill it in")
+        except NotImplementedError as err:
+            hint = f" Hint: {str(err).strip()}" if str(err).strip() else ""
+            return done(False, f"not written yet (it raises NotImplementedError){using_library}.{hint}")
         except Exception as err:
             reason = str(err).splitlines()[0] if str(err) else ""
             failures.append((label, args, err, f"your function raised {type(err).__name__}: {reason}"))
@@ -145,7 +224,7 @@ def run_check(name: str, learner: Callable, reference: Callable, cases: list[tup
         if problem:
             failures.append((label, args, got, problem))
     if not failures:
-        return done(True, f"all {len(cases)} cases match the library's reference ({', '.join(l for l, _ in cases)})")
+        return done(True, f"all {len(cases)} cases match the reference ({', '.join(l for l, _ in cases)})")
     # Report the first case that differs. The hint is that of the known mistake that reproduces the
     # learner's output on the most differing cases (mistakes can coincide on some inputs, and some
     # show exactly only on small ones); ties go to the mistake listed first.
@@ -155,7 +234,7 @@ def run_check(name: str, learner: Callable, reference: Callable, cases: list[tup
     mistake = mistakes[best] if best is not None and score[best] else None
     label, _, _, problem = failures[0]
     hint = mistake.hint if mistake else "compare your formula with the equation above, term by term"
-    return done(False, f"{label}: {problem}. Hint: {hint}", mistake.name if mistake else None)
+    return done(False, f"{label}: {problem}{using_library}. Hint: {hint}", mistake.name if mistake else None)
 
 
 def _steps(schedule: schedules.NoiseSchedule, batch: int, generator: torch.Generator) -> torch.Tensor:
@@ -190,6 +269,7 @@ def _column(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.
 # ------------------------------------------------------------------ forward noising (units 01-02)
 
 
+@_checker
 def q_sample(fn: Callable, schedule: schedules.NoiseSchedule | None = None, quiet: bool = False) -> CheckResult:
     """Check ``fn(x0, t, noise, schedule) -> x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise``."""
     schedule = schedule or schedules.linear(1000)
@@ -225,6 +305,7 @@ def q_sample(fn: Callable, schedule: schedules.NoiseSchedule | None = None, quie
     return run_check("q_sample", fn, reference, cases, mistakes, quiet=quiet)
 
 
+@_checker
 def cosine_alpha_bar(fn: Callable, quiet: bool = False) -> CheckResult:
     """Check ``fn(timesteps, s=0.008) -> alpha_bar`` (T,): ``f(t + 1) / f(0)`` for code steps t = 0..T-1,
     ``f(t) = cos^2((t / T + s) / (1 + s) * pi / 2)``. The library clips beta at 0.999, which changes
@@ -254,6 +335,37 @@ def cosine_alpha_bar(fn: Callable, quiet: bool = False) -> CheckResult:
     return run_check("cosine_alpha_bar", fn, reference, cases, mistakes, atol=1e-4, rtol=1e-4, quiet=quiet)
 
 
+@_checker
+def linear_alpha_bar(fn: Callable, quiet: bool = False) -> CheckResult:
+    """Check ``fn(timesteps, beta_start, beta_end) -> alpha_bar`` (T,): betas spaced linearly from
+    ``beta_start`` to ``beta_end`` over the T steps (Ho et al. 2020, sec. 4), ``alpha_t = 1 - beta_t``
+    and ``alpha_bar_t = alpha_0 alpha_1 ... alpha_t`` (code steps 0..T-1). The library's
+    ``schedules.linear`` scales both ends by 1000 / T; the reference here undoes that scaling."""
+    cases = [("T = 1000 (Ho et al.)", (1000, 1e-4, 0.02)), ("T = 10", (10, 0.01, 0.5)),
+             ("T = 100", (100, 1e-3, 0.2)), ("T = 1", (1, 0.1, 0.1))]
+
+    def reference(timesteps, beta_start, beta_end):
+        scale = timesteps / 1000
+        return schedules.linear(timesteps, beta_start * scale, beta_end * scale).alpha_bar
+
+    def betas(timesteps, beta_start, beta_end):
+        return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+
+    mistakes = [
+        Mistake("no_cumprod", "that is alpha_t = 1 - beta_t, one step's keep rate: alpha_bar_t is the product of "
+                              "all alphas up to step t", lambda *a: 1 - betas(*a)),
+        Mistake("one_minus_cumsum", "you subtract the summed betas: alpha_bar multiplies the alphas (1 - beta); "
+                                    "1 - sum(beta) is only its first-order approximation, and goes negative",
+                lambda *a: 1 - betas(*a).cumsum(0)),
+        Mistake("cumprod_of_betas", "you multiply the betas: multiply the alphas, 1 - beta_t",
+                lambda *a: betas(*a).cumprod(0)),
+        Mistake("starts_at_one", "your first value is 1: alpha_bar[0] already includes step 0's noise, 1 - beta_start",
+                lambda *a: torch.cat([torch.ones(1, dtype=torch.float64), (1 - betas(*a)).cumprod(0)[:-1]])),
+    ]
+    return run_check("linear_alpha_bar", fn, reference, cases, mistakes, quiet=quiet)
+
+
+@_checker
 def posterior(fn: Callable, schedule: schedules.NoiseSchedule | None = None, quiet: bool = False) -> CheckResult:
     """Check ``fn(x0, x_t, t, schedule) -> (mean, variance)`` of q(x_{t-1} | x_t, x_0) (Ho et al. eq. 6-7):
     mean (B, C, H, W), variance (B,)."""
@@ -298,6 +410,7 @@ def posterior(fn: Callable, schedule: schedules.NoiseSchedule | None = None, qui
 # ------------------------------------------------------------------ the U-Net (unit 03)
 
 
+@_checker
 def timestep_embedding(fn: Callable, quiet: bool = False) -> CheckResult:
     """Check ``fn(t, dim) -> (B, dim)``: ``[cos(t w_k), sin(t w_k)]``, ``w_k = 10000^(-k / (dim/2))``,
     k = 0..dim/2-1, zero-padded when ``dim`` is odd."""
@@ -334,6 +447,7 @@ def timestep_embedding(fn: Callable, quiet: bool = False) -> CheckResult:
     return run_check("timestep_embedding", fn, reference, cases, mistakes, atol=1e-4, rtol=1e-4, quiet=quiet)
 
 
+@_checker
 def scale_shift_norm(fn: Callable, quiet: bool = False) -> CheckResult:
     """Check ``fn(h, scale, shift, norm) -> norm(h) * (1 + scale) + shift``: the ResBlock's adaptive
     GroupNorm (Dhariwal & Nichol 2021, sec. 3), with h (B, C, H, W), scale and shift (B, C) from the
@@ -388,6 +502,7 @@ def _toy_model(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Ten
     return 0.5 * x_t + 0.1 * y.to(x_t.dtype).reshape(shape) - 0.001 * t.to(x_t.dtype).reshape(shape)
 
 
+@_checker
 def eps_loss(fn: Callable, quiet: bool = False) -> CheckResult:
     """Check ``fn(model, x0, y, t, noise, drop, null_class, schedule) -> loss`` (a scalar): the simple
     loss of Ho et al. 2020 (eq. 14) with label dropout for classifier-free guidance,
@@ -444,6 +559,7 @@ def _sampler_cases(schedule: schedules.NoiseSchedule, seed: int, steps: list[int
     return cases
 
 
+@_checker
 def ddpm_step(fn: Callable, schedule: schedules.NoiseSchedule | None = None, quiet: bool = False) -> CheckResult:
     """Check ``fn(x_t, t, eps, noise, schedule) -> x_{t-1}``: one ancestral step (Ho et al. 2020, eq. 11)
     with ``sigma_t^2 = beta_tilde_t`` (the posterior variance), no clipping; ``t`` is an int, x_t, eps,
@@ -480,6 +596,7 @@ def ddpm_step(fn: Callable, schedule: schedules.NoiseSchedule | None = None, qui
     return run_check("ddpm_step", fn, reference, cases, mistakes, quiet=quiet)
 
 
+@_checker
 def ddim_step(fn: Callable, schedule: schedules.NoiseSchedule | None = None, quiet: bool = False) -> CheckResult:
     """Check ``fn(x_t, t, t_prev, eps, noise, eta, schedule) -> x_{t_prev}``: one DDIM step (Song et al.
     2021, eq. 12 and 16) without clipping; ``t_prev = -1`` means the clean image (alpha_bar = 1)."""
@@ -523,6 +640,7 @@ def ddim_step(fn: Callable, schedule: schedules.NoiseSchedule | None = None, qui
     return run_check("ddim_step", fn, reference, cases, mistakes, quiet=quiet)
 
 
+@_checker
 def guidance(fn: Callable, quiet: bool = False) -> CheckResult:
     """Check ``fn(eps_cond, eps_uncond, scale) -> eps``: classifier-free guidance (Ho & Salimans 2022)
     as this course writes it, ``eps_uncond + scale * (eps_cond - eps_uncond)``: scale 1 is the
@@ -549,6 +667,7 @@ def guidance(fn: Callable, quiet: bool = False) -> CheckResult:
 # ------------------------------------------------------------------ EMA (unit 05)
 
 
+@_checker
 def ema_update(fn: Callable, quiet: bool = False) -> CheckResult:
     """Check ``fn(ema, live, decay, num_updates) -> new ema`` (tensors of one shape): one EMA step with
     warm-up, ``d = min(decay, (1 + n) / (10 + n))`` after ``n = num_updates`` earlier updates, then
@@ -578,9 +697,35 @@ def ema_update(fn: Callable, quiet: bool = False) -> CheckResult:
     return run_check("ema_update", fn, reference, cases, mistakes, quiet=quiet)
 
 
+@_checker
+def ema_half_life(fn: Callable, quiet: bool = False) -> CheckResult:
+    """Check ``fn(decay) -> n``: after how many updates a weight's share in the EMA has halved,
+    the ``n`` with ``decay ** n = 1 / 2``, i.e. ``log(1/2) / log(decay)`` (a float; not rounded)."""
+    cases = [(f"decay {d}", (d,)) for d in (0.999, 0.9999, 0.9, 0.5)]
+
+    def as_tensor(f):
+        return lambda *a: torch.as_tensor(float(f(*a)), dtype=torch.float64)
+
+    def reference(decay):
+        return math.log(0.5) / math.log(decay)
+
+    mistakes = [
+        Mistake("window", "1 / (1 - decay) is the EMA's average age (its 'window'), longer than the half-life: "
+                          "solve decay ** n = 1/2 for n", lambda d: 1 / (1 - d)),
+        Mistake("inverted", "the ratio of logarithms is upside down: the half-life grows as decay approaches 1",
+                lambda d: math.log(d) / math.log(0.5)),
+        Mistake("linear", "decay ** n is not 1 - n (1 - decay): take logarithms of decay ** n = 1/2",
+                lambda d: 0.5 / (1 - d)),
+    ]
+    mistakes = [Mistake(m.name, m.hint, as_tensor(m.wrong)) for m in mistakes]
+    return run_check("ema_half_life", as_tensor(fn), as_tensor(reference), cases, mistakes, quiet=quiet,
+                     fallback=reference)
+
+
 # ------------------------------------------------------------------ DDP (unit 06)
 
 
+@_checker
 def shard_indices(fn: Callable, quiet: bool = False) -> CheckResult:
     """Check ``fn(n, world_size, rank, epoch, seed) -> list of indices``: what
     ``DistributedSampler(range(n), world_size, rank, shuffle=True, seed=seed)`` yields after
@@ -594,10 +739,12 @@ def shard_indices(fn: Callable, quiet: bool = False) -> CheckResult:
     def listed(f):
         return lambda *a: torch.tensor([float(i) for i in f(*a)], dtype=torch.float64)
 
-    def reference(n, w, r, e, seed):
+    def sampled(n, w, r, e, seed):
         sampler = DistributedSampler(range(n), num_replicas=w, rank=r, shuffle=True, seed=seed)
         sampler.set_epoch(e)
-        return torch.tensor([float(i) for i in sampler], dtype=torch.float64)
+        return list(sampler)
+
+    reference = listed(sampled)
 
     def order(n, e, seed, pad_to=None):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + e)).tolist()
@@ -618,9 +765,11 @@ def shard_indices(fn: Callable, quiet: bool = False) -> CheckResult:
                 lambda n, w, r, e, s: order(n, e, s)[r::w]),
     ]
     mistakes = [Mistake(m.name, m.hint, listed(m.wrong)) for m in mistakes]
-    return run_check("shard_indices", listed(fn), reference, cases, mistakes, atol=0, rtol=0, quiet=quiet)
+    return run_check("shard_indices", listed(fn), reference, cases, mistakes, atol=0, rtol=0, quiet=quiet,
+                     fallback=sampled)
 
 
+@_checker
 def average_gradients(fn: Callable, quiet: bool = False) -> CheckResult:
     """Check ``fn(grads) -> grad``: the gradient every rank holds after DDP's all-reduce, given each
     rank's own gradient (a list of W tensors of one shape): their mean."""
@@ -639,9 +788,63 @@ def average_gradients(fn: Callable, quiet: bool = False) -> CheckResult:
     return run_check("average_gradients", fn, reference, cases, mistakes, quiet=quiet)
 
 
+def _whole_numbers(f: Callable) -> Callable:
+    """``f``'s result (a number) as a float64 tensor, so counts are compared exactly."""
+    return lambda *a: torch.as_tensor(float(f(*a)), dtype=torch.float64)
+
+
+# ------------------------------------------------------------------ distributed training (unit 07)
+
+
+@_checker
+def steps_per_epoch(fn: Callable, quiet: bool = False) -> CheckResult:
+    """Check ``fn(n_images, batch_size, world_size) -> steps``: optimizer steps in one epoch when each of
+    ``world_size`` ranks reads its shard (``DistributedSampler(drop_last=True)``: ``n // world_size``
+    images each) in batches of ``batch_size`` per rank, dropping the last partial batch
+    (``ddpm_lib.train.planned_steps``)."""
+    cases = [(f"{n} images, batch {b}, {w} rank{'s' if w > 1 else ''}", (n, b, w))
+             for n, b, w in ((1000, 64, 1), (1000, 64, 2), (1000, 167, 3), (100, 64, 2), (5000, 32, 8))]
+
+    def reference(n, b, w):
+        return (n // w) // b
+
+    mistakes = [
+        Mistake("ignores_world", "every rank reads only its shard, 1 / world_size of the images, so an epoch "
+                                 "takes fewer steps with more ranks", lambda n, b, w: n // b),
+        Mistake("keeps_partial", "the last, partial batch is dropped (drop_last): round down",
+                lambda n, b, w: -(-(n // w) // b)),
+        Mistake("pads_shard", "with drop_last the sampler drops the remainder of n / world_size; it does not pad",
+                lambda n, b, w: -(-n // w) // b),
+    ]
+    mistakes = [Mistake(m.name, m.hint, _whole_numbers(m.wrong)) for m in mistakes]
+    return run_check("steps_per_epoch", _whole_numbers(fn), _whole_numbers(reference), cases, mistakes,
+                     atol=0, rtol=0, quiet=quiet, fallback=reference)
+
+
+@_checker
+def skip_per_rank(fn: Callable, quiet: bool = False) -> CheckResult:
+    """Check ``fn(seen, world_size) -> skip``: resuming an epoch after ``seen`` images (all ranks
+    together), how many positions of its shard each rank skips: ``ceil(seen / world_size)``
+    (``ddpm_lib.train.skip_per_rank``; shards are dealt round-robin)."""
+    from . import train
+
+    cases = [(f"{seen} seen, {w} rank{'s' if w > 1 else ''}", (seen, w))
+             for seen, w in ((0, 2), (128, 2), (130, 4), (7680, 3), (5, 8), (64, 1))]
+    mistakes = [
+        Mistake("floor", "rounding down makes a rank re-read images it already used this epoch: round up "
+                         "(skipping at most world_size - 1 images is the lesser evil)", lambda seen, w: seen // w),
+        Mistake("not_divided", "seen counts the images of all ranks together: each rank used only its share",
+                lambda seen, w: seen),
+    ]
+    mistakes = [Mistake(m.name, m.hint, _whole_numbers(m.wrong)) for m in mistakes]
+    return run_check("skip_per_rank", _whole_numbers(fn), _whole_numbers(train.skip_per_rank), cases, mistakes,
+                     atol=0, rtol=0, quiet=quiet, fallback=train.skip_per_rank)
+
+
 # ------------------------------------------------------------------ evaluation (unit 08)
 
 
+@_checker
 def frechet_distance(fn: Callable, quiet: bool = False) -> CheckResult:
     """Check ``fn(mu1, sigma1, mu2, sigma2) -> d`` (a 0-dim tensor or a float): the Fréchet distance of two
     Gaussians (Dowson & Landau 1982; FID, Heusel et al. 2017),
@@ -676,3 +879,99 @@ def frechet_distance(fn: Callable, quiet: bool = False) -> CheckResult:
     ]
     mistakes = [Mistake(m.name, m.hint, scalar(m.wrong)) for m in mistakes]
     return run_check("frechet_distance", scalar(fn), reference, cases, mistakes, atol=1e-6, rtol=1e-5, quiet=quiet)
+
+
+@_checker
+def inception_score(fn: Callable, quiet: bool = False) -> CheckResult:
+    """Check ``fn(probs) -> score``: the Inception Score (Salimans et al. 2016) of N samples from their
+    class probabilities ``probs`` (N, K) (rows sum to 1), in one split:
+    ``exp(mean_x KL(p(y|x) || p(y)))`` with ``p(y)`` the mean of the rows. The reference is that
+    formula in float64 (``ddpm_lib.metrics.inception_score``, by torchmetrics, works in float32 and
+    averages over random splits; ``tests/test_check.py`` checks the two agree)."""
+    g = torch.Generator().manual_seed(11)
+    random = torch.softmax(3 * torch.randn(40, 10, generator=g, dtype=torch.float64), dim=1)
+    confident = torch.eye(10, dtype=torch.float64).repeat(3, 1) * 0.9 + 0.01
+    cases = [("40 random rows, 10 classes", (random,)), ("confident and diverse (score near 10)", (confident,)),
+             ("every row the same (score 1)", (random[:1].repeat(20, 1),)), ("a single sample", (random[:1],))]
+
+    def scalar(f):
+        return lambda *a: torch.as_tensor(f(*a), dtype=torch.float64).reshape(())
+
+    def kl_terms(probs, marginal, reverse=False):
+        p, q = (marginal.expand_as(probs), probs) if reverse else (probs, marginal.expand_as(probs))
+        return (p * (p.log() - q.log())).sum(1)
+
+    def reference(probs):
+        return kl_terms(probs, probs.mean(0, keepdim=True)).mean().exp()
+
+    mistakes = [
+        Mistake("no_exp", "that is the mean KL divergence, the score's logarithm: IS is its exponential",
+                lambda p: kl_terms(p, p.mean(0, keepdim=True)).mean()),
+        Mistake("reversed_kl", "the KL divergence is the wrong way round: KL(p(y|x) || p(y)) weights by each "
+                               "sample's own class probabilities", lambda p: kl_terms(p, p.mean(0, keepdim=True), True).mean().exp()),
+        Mistake("uniform_marginal", "p(y) is the marginal of *your samples* (the mean of the rows), not the uniform "
+                                    "distribution: a model drawing one class only must score 1",
+                lambda p: kl_terms(p, torch.full_like(p[:1], 1 / p.shape[1])).mean().exp()),
+        Mistake("mean_of_exp", "take the mean of the KL terms first, then the exponential",
+                lambda p: kl_terms(p, p.mean(0, keepdim=True)).exp().mean()),
+    ]
+    mistakes = [Mistake(m.name, m.hint, scalar(m.wrong)) for m in mistakes]
+    return run_check("inception_score", scalar(fn), reference, cases, mistakes, atol=1e-6, rtol=1e-5, quiet=quiet)
+
+
+# ------------------------------------------------------------------ failure modes (unit 10)
+
+
+@_checker
+def allreduce_bytes(fn: Callable, quiet: bool = False) -> CheckResult:
+    """Check ``fn(nbytes, world_size) -> bytes``: how many bytes each rank sends in a ring all-reduce of a
+    buffer of ``nbytes``: a reduce-scatter then an all-gather, each passing ``world_size - 1`` chunks
+    of ``nbytes / world_size``: ``2 (W - 1) / W * nbytes`` (0 for one rank; ``ddpm_lib.perf``)."""
+    from . import perf
+
+    cases = [(f"{n:g} bytes over {w} rank{'s' if w > 1 else ''}", (n, w))
+             for n, w in ((1e6, 2), (4e6, 4), (1e6, 1), (3.2e7, 8))]
+
+    def reference(nbytes, world_size):
+        return perf.ring_allreduce_seconds(nbytes, world_size, bandwidth=1.0)  # bytes at 1 byte/s
+
+    mistakes = [
+        Mistake("one_phase", "that is one phase: an all-reduce is a reduce-scatter followed by an all-gather",
+                lambda n, w: (w - 1) / w * n),
+        Mistake("whole_chunks_count", "of the W chunks, one per step is a rank's own and never sent: each phase "
+                                      "sends W - 1 chunks, not W", lambda n, w: 2 * n),
+        Mistake("whole_buffers", "in a ring a rank sends chunks of nbytes / W, not its whole buffer, W - 1 times",
+                lambda n, w: 2 * (w - 1) * n),
+    ]
+    mistakes = [Mistake(m.name, m.hint, _whole_numbers(m.wrong)) for m in mistakes]
+    return run_check("allreduce_bytes", _whole_numbers(fn), _whole_numbers(reference), cases, mistakes,
+                     quiet=quiet, fallback=reference)
+
+
+@_checker
+def balanced_weights(fn: Callable, quiet: bool = False) -> CheckResult:
+    """Check ``fn(labels, num_classes) -> weights`` (N,) for ``WeightedRandomSampler``: each image's weight
+    is ``1 / (num_classes * count of its class)``, so every class present gets the same total weight,
+    ``1 / num_classes``, however rare it is. ``labels`` int64 (N,)."""
+    g = torch.Generator().manual_seed(12)
+    skewed = torch.cat([torch.full((n,), c) for c, n in enumerate((50, 20, 5, 1))])
+    cases = [("4 classes, 50 / 20 / 5 / 1 images", (skewed, 4)),
+             ("balanced, shuffled", (torch.randperm(30, generator=g) % 3, 3)),
+             ("a class with no images", (torch.tensor([0, 0, 2, 2, 2]), 3)), ("one image", (torch.tensor([1]), 2))]
+
+    def reference(labels, num_classes):
+        counts = torch.bincount(labels, minlength=num_classes).double()
+        return 1 / (num_classes * counts[labels])
+
+    def per_image(f):
+        return lambda labels, k: f(torch.bincount(labels, minlength=k).double(), k)[labels]
+
+    mistakes = [
+        Mistake("not_inverted", "frequent classes get the large weights: a weight must fall as its class grows",
+                per_image(lambda counts, k: counts / (k * counts.sum()))),
+        Mistake("per_class", "one weight per *image* is needed (the sampler draws images): look up each image's class",
+                lambda labels, k: 1 / (k * torch.bincount(labels, minlength=k).double().clamp(min=1))),
+        Mistake("unnormalised", "each class's weights should add up to 1 / num_classes: divide by num_classes too",
+                per_image(lambda counts, k: 1 / counts)),
+    ]
+    return run_check("balanced_weights", fn, reference, cases, mistakes, quiet=quiet)
