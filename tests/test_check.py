@@ -253,6 +253,75 @@ FID_MUTANTS = {"elementwise_sqrt": lambda *a: fid(*a, elementwise=True), "norm_n
                "no_factor_2": lambda *a: fid(*a, once=True)}
 
 
+# ------------------------------------------------------------------ the seven added with the notebooks
+
+
+def lin(T, b0, b1, alphas=True, prod=True, first_is_one=False):
+    betas = [b0 + (b1 - b0) * i / max(T - 1, 1) for i in range(T)]
+    out, acc = [], 1.0
+    for b in betas:
+        step = (1 - b) if alphas else b
+        if first_is_one:
+            out.append(acc)
+        acc = acc * step if prod else acc - b
+        if not first_is_one:
+            out.append(acc if prod else acc)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+LIN_MUTANTS = {"no_cumprod": lambda T, b0, b1: torch.tensor([1 - (b0 + (b1 - b0) * i / max(T - 1, 1)) for i in range(T)],
+                                                            dtype=torch.float64),
+               "one_minus_cumsum": lambda *a: lin(*a, prod=False), "cumprod_of_betas": lambda *a: lin(*a, alphas=False),
+               "starts_at_one": lambda *a: lin(*a, first_is_one=True)}
+
+HALF_MUTANTS = {"window": lambda d: 1 / (1 - d), "inverted": lambda d: math.log(d) / math.log(0.5),
+                "linear": lambda d: 0.5 / (1 - d)}
+
+
+def per_epoch(n, batch, world, ignore_world=False, partial=False):
+    shard = n if ignore_world else n // world
+    return math.ceil(shard / batch) if partial else shard // batch
+
+
+EPOCH_MUTANTS = {"ignores_world": lambda *a: per_epoch(*a, ignore_world=True),
+                 "keeps_partial": lambda *a: per_epoch(*a, partial=True)}
+SKIP_MUTANTS = {"floor": lambda seen, w: int(seen / w), "not_divided": lambda seen, w: seen}
+
+
+def inception(probs, exp=True, reverse=False, uniform=False, exp_each=False):
+    p_y = torch.full((probs.shape[1],), 1 / probs.shape[1], dtype=probs.dtype) if uniform else probs.mean(0)
+    a, b = (p_y.expand_as(probs), probs) if reverse else (probs, p_y.expand_as(probs))
+    kl = (a * torch.log(a / b)).sum(1)
+    if exp_each:
+        return kl.exp().mean()
+    return kl.mean().exp() if exp else kl.mean()
+
+
+IS_MUTANTS = {"no_exp": lambda p: inception(p, exp=False), "reversed_kl": lambda p: inception(p, reverse=True),
+              "uniform_marginal": lambda p: inception(p, uniform=True), "mean_of_exp": lambda p: inception(p, exp_each=True)}
+
+
+def ring(nbytes, world, phases=2, chunks_sent=None, chunk=None):
+    sent = world - 1 if chunks_sent is None else chunks_sent
+    return phases * sent * (nbytes / world if chunk is None else chunk)
+
+
+RING_MUTANTS = {"one_phase": lambda n, w: ring(n, w, phases=1), "whole_chunks_count": lambda n, w: ring(n, w, chunks_sent=w),
+                "whole_buffers": lambda n, w: ring(n, w, chunk=n)}
+
+
+def balanced(labels, k, invert=True, per_image=True, divide_k=True):
+    counts = torch.zeros(k, dtype=torch.float64)
+    for c in labels.tolist():
+        counts[c] += 1
+    w = (1 / counts if invert else counts / counts.sum()) / (k if divide_k else 1)
+    return w[labels] if per_image else torch.where(counts > 0, w, 1 / k)
+
+
+BALANCED_MUTANTS = {"not_inverted": lambda *a: balanced(*a, invert=False), "per_class": lambda *a: balanced(*a, per_image=False),
+                    "unnormalised": lambda *a: balanced(*a, divide_k=False)}
+
+
 CHECKERS = {  # checker: (a right implementation, its mutants), each written as a learner would
     check.q_sample: (q_right, Q_MUTANTS),
     check.cosine_alpha_bar: (cos_right, COS_MUTANTS),
@@ -267,6 +336,13 @@ CHECKERS = {  # checker: (a right implementation, its mutants), each written as 
     check.shard_indices: (shard, SHARD_MUTANTS),
     check.average_gradients: (lambda grads: torch.stack(grads).mean(0), GRAD_MUTANTS),
     check.frechet_distance: (fid, FID_MUTANTS),
+    check.linear_alpha_bar: (lin, LIN_MUTANTS),
+    check.ema_half_life: (lambda d: math.log(0.5) / math.log(d), HALF_MUTANTS),
+    check.steps_per_epoch: (per_epoch, EPOCH_MUTANTS),
+    check.skip_per_rank: (lambda seen, w: math.ceil(seen / w), SKIP_MUTANTS),
+    check.inception_score: (inception, IS_MUTANTS),
+    check.allreduce_bytes: (ring, RING_MUTANTS),
+    check.balanced_weights: (balanced, BALANCED_MUTANTS),
 }
 
 
@@ -297,3 +373,68 @@ def test_a_negative_index_is_recognised_whether_it_raises_or_gives_nan():
 
 def test_noise_at_the_last_ddpm_step_is_harmless_with_the_posterior_variance():
     assert check.ddpm_step(lambda *a: ddpm(*a, noise_at_0=True), quiet=True)
+
+
+# ------------------------------------------------------------------ fallback, solutions mode, predictions
+
+
+def test_every_checker_is_in_the_test_table():
+    assert sorted(check.CHECKS) == sorted(c.__name__ for c in CHECKERS)
+
+
+def test_the_notebook_uses_the_learners_function_once_it_passes_and_the_library_until_then():
+    assert check.q_sample(q_right, quiet=True).function is q_right
+
+    def stub(x0, t, noise, schedule):
+        raise NotImplementedError("look up alpha_bar at t")
+
+    result = check.q_sample(stub, quiet=True)
+    assert not result and "Hint: look up alpha_bar at t" in result.message
+    s = schedules.linear(1000)
+    x0, noise, t = torch.rand(2, 1, 4, 4), torch.randn(2, 1, 4, 4), torch.tensor([0, 999])
+    torch.testing.assert_close(result.function(x0, t, noise, s), q_right(x0, t, noise, s))
+    wrong = check.q_sample(Q_MUTANTS["alpha"], quiet=True)
+    assert wrong.function is not Q_MUTANTS["alpha"]
+    # fallbacks keep the learner's return types: a list of indices, a number
+    assert check.shard_indices(lambda *a: [], quiet=True).function(10, 2, 1, 0, 0) == shard(10, 2, 1, 0, 0)
+    assert check.steps_per_epoch(lambda *a: -1, quiet=True).function(1000, 64, 2) == 7
+
+
+def test_solutions_mode_checks_the_file_and_raises_when_a_solution_is_wrong(tmp_path, capsys):
+    path = tmp_path / "01_unit.py"
+    path.write_text("import torch\n\n"
+                    "def guidance(eps_cond, eps_uncond, scale):\n    return eps_uncond + scale * (eps_cond - eps_uncond)\n\n"
+                    "def average_gradients(grads):\n    return sum(grads)\n")
+    try:
+        check.use_solutions(path)
+        result = check.guidance(None)  # the cell's own function is ignored in this mode
+        assert result and result.function(torch.ones(1), torch.zeros(1), 2.0).item() == 2.0
+        with pytest.raises(check.SolutionFailed, match="fails: FAIL average_gradients"):
+            check.average_gradients(lambda grads: grads[0])
+        with pytest.raises(check.SolutionFailed, match="defines no q_sample"):
+            check.q_sample(q_right)
+    finally:
+        check.use_solutions(None)
+    assert check.guidance(GUIDANCE_MUTANTS["swapped"], quiet=True).mistake == "swapped"  # the learner's again
+    assert f"checking the worked solutions in {path}" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="no solutions file"):
+        check.use_solutions(tmp_path / "missing.py")
+
+
+def test_a_prediction_is_scored_against_the_measurement(capsys):
+    assert check.score_prediction(300, 276, 50, "the step where SNR falls below 1") is True
+    assert check.score_prediction(0.5, 0.93, 0.1, "class accuracy") is False
+    assert check.score_prediction(None, 276, 50, "the step") is None
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "the step where SNR falls below 1: you predicted 300, measured 276 (close: within 50)."
+    assert "off by more than 0.1" in out[1] and "no prediction" in out[2]
+
+
+@pytest.mark.filterwarnings("ignore:std\\(\\)")  # torchmetrics' std over a single split
+def test_the_inception_score_reference_agrees_with_the_librarys_metric():
+    from ddpm_lib import metrics
+
+    logits = 3 * torch.randn(200, 10, generator=torch.Generator().manual_seed(0))
+    library, _ = metrics.inception_score(logits, splits=1)
+    assert inception(torch.softmax(logits.double(), 1)).item() == pytest.approx(library, rel=1e-4)
+    assert check.inception_score(inception, quiet=True)
