@@ -314,7 +314,7 @@ def cosine_alpha_bar(fn: Callable, quiet: bool = False) -> CheckResult:
     only the last value, by less than the tolerance used here."""
     cases = [("T = 1000", (1000, 0.008)), ("T = 10", (10, 0.008)), ("T = 50 with s = 0.02", (50, 0.02))]
 
-    def reference(timesteps, s):
+    def reference(timesteps, s=0.008):
         return schedules.cosine(timesteps, s).alpha_bar
 
     def variant(power: float = 2.0, offset: int = 1, use_s: bool = True, angle: float = math.pi / 2):
@@ -855,8 +855,13 @@ def frechet_distance(fn: Callable, quiet: bool = False) -> CheckResult:
         a = torch.randn(dim, dim, generator=g, dtype=torch.float64)
         return torch.randn(dim, generator=g, dtype=torch.float64), a @ a.T / dim + 0.1 * torch.eye(dim, dtype=torch.float64)
 
+    def from_samples(n: int, dim: int):  # n < dim samples: a singular covariance, as FID on few images has
+        x = torch.randn(n, dim, generator=g, dtype=torch.float64)
+        return x.mean(0), torch.cov(x.T)
+
     cases = [(f"dimension {d}", (*gaussian(d), *gaussian(d))) for d in (4, 16, 1)]
     cases.append(("identical Gaussians", (*cases[0][1][:2], *cases[0][1][:2])))
+    cases.append(("singular covariances (8 samples in 16 dimensions)", (*from_samples(8, 16), *from_samples(8, 16))))
 
     def scalar(f):
         return lambda *a: torch.as_tensor(f(*a), dtype=torch.float64).reshape(())
@@ -874,6 +879,11 @@ def frechet_distance(fn: Callable, quiet: bool = False) -> CheckResult:
                 lambda m1, s1, m2, s2: ((m1 - m2) ** 2).sum() + torch.trace(s1 + s2 - 2 * (s1 @ s2).abs().sqrt())),
         Mistake("norm_not_squared", "the mean term is the squared distance |mu1 - mu2|^2",
                 lambda m1, s1, m2, s2: (m1 - m2).norm() + torch.trace(s1) + torch.trace(s2) - 2 * trace_sqrt_product(s1, s2)),
+        Mistake("unclamped_eigenvalues", "with fewer samples than dimensions the covariances are singular, and "
+                                         "eigenvalues that are 0 in exact arithmetic come out slightly negative: "
+                                         "clamp them at 0 before the square root",
+                lambda m1, s1, m2, s2: ((m1 - m2) ** 2).sum() + torch.trace(s1) + torch.trace(s2)
+                - 2 * torch.linalg.eigvals(s1 @ s2).real.sqrt().sum()),
         Mistake("no_factor_2", "identical Gaussians must be at distance 0: the cross term is counted twice",
                 lambda m1, s1, m2, s2: ((m1 - m2) ** 2).sum() + torch.trace(s1) + torch.trace(s2) - trace_sqrt_product(s1, s2)),
     ]

@@ -3,6 +3,7 @@
     python scripts/run_notebooks.py                 # quick mode (QUICK=True), as CI and `make course` run them
     python scripts/run_notebooks.py --full          # full size (QUICK=False)
     python scripts/run_notebooks.py --only 04 07    # some notebooks, by number prefix
+    python scripts/run_notebooks.py --solutions     # the Your-turn cells solved (notebooks/solutions/)
 
 Executed copies go to build/notebooks/, never back into notebooks/ (which stay without
 outputs); HTML goes to build/html/ with an index.html linking the notebooks in order.
@@ -33,12 +34,17 @@ def title_of(path: Path) -> str:
     return path.stem
 
 
-def execute(path: Path, quick: bool) -> Path:
+def execute(path: Path, quick: bool, solutions: bool = False) -> Path:
+    """Run ``path`` with papermill into build/notebooks/; ``solutions`` sets SOLUTIONS=True in the
+    notebooks that have that parameter (those with Your-turn cells)."""
     import papermill
 
     out = BUILD / "notebooks" / path.name
     out.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(path), str(out), parameters={"QUICK": quick}, kernel_name="python3",
+    parameters = {"QUICK": quick}
+    if solutions and "SOLUTIONS" in path.read_text():
+        parameters["SOLUTIONS"] = True
+    papermill.execute_notebook(str(path), str(out), parameters=parameters, kernel_name="python3",
                                cwd=str(NOTEBOOKS), progress_bar=False, request_save_on_cell_execute=False)
     return out
 
@@ -69,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="run full size (QUICK=False)")
     parser.add_argument("--only", nargs="+", metavar="NN", help="number prefixes of the notebooks to run")
+    parser.add_argument("--solutions", action="store_true",
+                        help="check the worked solutions in notebooks/solutions/ instead of the stubs")
     args = parser.parse_args(argv)
     quick = not args.full
     paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time()
         print(f"[notebooks] {path.name} ...", flush=True)
         try:
-            executed = execute(path, quick)
+            executed = execute(path, quick, args.solutions)
         except Exception as err:  # papermill's PapermillExecutionError names the failing cell
             print(f"error: {path.name} failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err}; "
                   f"the partly executed copy is build/notebooks/{path.name}", file=sys.stderr)

@@ -238,9 +238,11 @@ SHARD_MUTANTS = {"blocks": lambda *a: shard(*a, blocks=True), "no_shuffle": lamb
 GRAD_MUTANTS = {"sum": lambda grads: sum(grads), "rank0": lambda grads: grads[0].clone()}
 
 
-def fid(m1, s1, m2, s2, elementwise=False, plain_norm=False, once=False):
+def fid(m1, s1, m2, s2, elementwise=False, plain_norm=False, once=False, clamp=True):
     if elementwise:
         cross = (s1 @ s2).abs().sqrt().trace()
+    elif not clamp:  # a tiny negative eigenvalue of a singular product gives NaN
+        cross = torch.linalg.eigvals(s2 @ s1).real.sqrt().sum()
     else:
         values, vectors = torch.linalg.eigh(s1)
         root1 = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
@@ -250,7 +252,7 @@ def fid(m1, s1, m2, s2, elementwise=False, plain_norm=False, once=False):
 
 
 FID_MUTANTS = {"elementwise_sqrt": lambda *a: fid(*a, elementwise=True), "norm_not_squared": lambda *a: fid(*a, plain_norm=True),
-               "no_factor_2": lambda *a: fid(*a, once=True)}
+               "no_factor_2": lambda *a: fid(*a, once=True), "unclamped_eigenvalues": lambda *a: fid(*a, clamp=False)}
 
 
 # ------------------------------------------------------------------ the seven added with the notebooks
@@ -438,3 +440,24 @@ def test_the_inception_score_reference_agrees_with_the_librarys_metric():
     library, _ = metrics.inception_score(logits, splits=1)
     assert inception(torch.softmax(logits.double(), 1)).item() == pytest.approx(library, rel=1e-4)
     assert check.inception_score(inception, quiet=True)
+
+
+def test_every_checker_has_one_worked_solution_and_each_passes():
+    """notebooks/solutions/*.py: each checker's worked solution is in exactly one unit's file, and passes."""
+    import ast
+
+    from conftest import ROOT
+
+    defined = {}
+    for path in sorted((ROOT / "notebooks" / "solutions").glob("*.py")):
+        names = [n.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)]
+        for name in set(names) & set(check.CHECKS):
+            assert name not in defined, f"{name} is solved in {defined.get(name)} and {path.name}"
+            defined[name] = path.name
+        try:
+            check.use_solutions(path)
+            for name in set(names) & set(check.CHECKS):
+                assert check.CHECKS[name](None, quiet=True)  # raises SolutionFailed when it fails
+        finally:
+            check.use_solutions(None)
+    assert sorted(defined) == sorted(check.CHECKS)
