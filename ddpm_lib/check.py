@@ -268,6 +268,10 @@ def _column(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.
     return values[t].to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def _ranks(world_size: int) -> str:
+    return f"{world_size} rank{'s' if world_size > 1 else ''}"
+
+
 # ------------------------------------------------------------------ forward noising (units 01-02)
 
 
@@ -735,7 +739,7 @@ def shard_indices(fn: Callable, quiet: bool = False) -> CheckResult:
     its own first indices to a multiple of ``world_size``, then every ``world_size``-th from ``rank``."""
     from torch.utils.data import DistributedSampler
 
-    cases = [(f"n={n}, {w} ranks, rank {r}, epoch {e}", (n, w, r, e, 0)) for n, w, r, e in
+    cases = [(f"n={n}, {_ranks(w)}, rank {r}, epoch {e}", (n, w, r, e, 0)) for n, w, r, e in
              ((10, 2, 0, 0), (10, 2, 1, 3), (11, 4, 3, 1), (7, 1, 0, 2), (5, 8, 6, 0))]
 
     def listed(f):
@@ -776,7 +780,7 @@ def average_gradients(fn: Callable, quiet: bool = False) -> CheckResult:
     """Check ``fn(grads) -> grad``: the gradient every rank holds after DDP's all-reduce, given each
     rank's own gradient (a list of W tensors of one shape): their mean."""
     g = torch.Generator().manual_seed(9)
-    cases = [(f"{w} ranks", ([torch.randn(4, 3, generator=g) for _ in range(w)],)) for w in (2, 4, 1)]
+    cases = [(_ranks(w), ([torch.randn(4, 3, generator=g) for _ in range(w)],)) for w in (2, 4, 1)]
 
     def reference(grads):
         return torch.stack(grads).mean(0)
@@ -804,7 +808,7 @@ def steps_per_epoch(fn: Callable, quiet: bool = False) -> CheckResult:
     ``world_size`` ranks reads its shard (``DistributedSampler(drop_last=True)``: ``n // world_size``
     images each) in batches of ``batch_size`` per rank, dropping the last partial batch
     (``ddpm_lib.train.planned_steps``)."""
-    cases = [(f"{n} images, batch {b}, {w} rank{'s' if w > 1 else ''}", (n, b, w))
+    cases = [(f"{n} images, batch {b}, {_ranks(w)}", (n, b, w))
              for n, b, w in ((1000, 64, 1), (1000, 64, 2), (1000, 167, 3), (100, 64, 2), (5000, 32, 8))]
 
     def reference(n, b, w):
@@ -828,7 +832,7 @@ def skip_per_rank(fn: Callable, quiet: bool = False) -> CheckResult:
     (``ddpm_lib.train.skip_per_rank``; shards are dealt round-robin)."""
     from . import train
 
-    cases = [(f"{seen} seen, {w} rank{'s' if w > 1 else ''}", (seen, w))
+    cases = [(f"{seen} seen, {_ranks(w)}", (seen, w))
              for seen, w in ((0, 2), (128, 2), (130, 4), (7680, 3), (5, 8), (64, 1))]
     mistakes = [
         Mistake("floor", "rounding down makes a rank re-read images it already used this epoch: round up "
@@ -939,7 +943,7 @@ def allreduce_bytes(fn: Callable, quiet: bool = False) -> CheckResult:
     of ``nbytes / world_size``: ``2 (W - 1) / W * nbytes`` (0 for one rank; ``ddpm_lib.perf``)."""
     from . import perf
 
-    cases = [(f"{n:g} bytes over {w} rank{'s' if w > 1 else ''}", (n, w))
+    cases = [(f"{n:g} bytes over {_ranks(w)}", (n, w))
              for n, w in ((1e6, 2), (4e6, 4), (1e6, 1), (3.2e7, 8))]
 
     def reference(nbytes, world_size):
