@@ -22,6 +22,10 @@ Every ``--every`` steps (before any sync at that step is applied) the EMA weight
 all-gathered (``ddpm_lib.dist.gather_objects``) and rank 0 records the max absolute
 difference between rank 0's and every other rank's EMA (and live) weights. Rank 0
 writes the curves to ``--out`` as JSON.
+
+With ``--allreduce-numel N`` the same ranks then time an all-reduce of N float32, exactly as
+``allreduce_bench.py`` does, and rank 0 writes it to ``--allreduce-out``: starting 2 ranks
+costs seconds, so the notebook measures both in one launch.
 """
 
 from __future__ import annotations
@@ -42,6 +46,11 @@ from ddpm_lib.dist import broadcast_module_, distributed, exit_worker_if_distrib
 from ddpm_lib.ema import EMA
 from ddpm_lib.schedules import make_schedule
 from ddpm_lib.unet import build_unet
+
+try:
+    from failure_demos.allreduce_bench import time_allreduce, write_result
+except ImportError:  # run as a script path: failure_demos/ itself is on sys.path
+    from allreduce_bench import time_allreduce, write_result
 
 warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")  # harmless, see ddpm_lib.train
 
@@ -99,7 +108,13 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--decay", type=float, default=0.999)
     p.add_argument("--out", required=True)
+    p.add_argument("--allreduce-numel", type=int, default=0,
+                   help="then time an all-reduce of this many float32 (0: don't), as allreduce_bench.py does")
+    p.add_argument("--allreduce-repeats", type=int, default=10)
+    p.add_argument("--allreduce-out", help="JSON for the all-reduce timing (with --allreduce-numel)")
     args = p.parse_args()
+    if args.allreduce_numel and not args.allreduce_out:
+        p.error("--allreduce-numel needs --allreduce-out")
     with distributed("cpu", threads=1) as env:
         data = load_digits(8)
         results = {}
@@ -115,6 +130,9 @@ def main() -> None:
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps({"world_size": env.world_size, "args": vars(args), **results}, indent=1))
+        if args.allreduce_numel:
+            times = time_allreduce(env, args.allreduce_numel, args.allreduce_repeats)
+            write_result(env, args.allreduce_numel, times, args.allreduce_out)
     exit_worker_if_distributed()
 
 
