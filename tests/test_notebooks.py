@@ -115,10 +115,12 @@ def test_run_notebooks_script_renders_html_and_index():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "scripts/run_notebooks.py", "--only", "00"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "scripts/run_notebooks.py", "--only", "00", "02", "--solutions"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "00_welcome.ipynb ok in" in proc.stdout
+    assert "00_welcome.ipynb ok in" in proc.stdout and "02_noise_schedules.ipynb ok in" in proc.stdout
+    solved = (ROOT / "build" / "notebooks" / "02_noise_schedules.ipynb").read_text()
+    assert "PASS linear_alpha_bar" in solved and "PASS cosine_alpha_bar" in solved  # --solutions reached 02 only
     index = (ROOT / "build" / "html" / "index.html").read_text()
     assert 'href="00_welcome.html"' in index
     assert "<html" in (ROOT / "build" / "html" / "00_welcome.html").read_text().lower()
