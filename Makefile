@@ -68,7 +68,7 @@ chromium:
 	    { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; } || \
 	    echo "warning: could not install chromium; the browser test will be skipped"; }
 
-# Results are appended to scripts/benchmarks/results/<date>_<cpu|gpu>.jsonl; the README's tables come from there.
+# Results are appended to scripts/benchmarks/results/<date>_<cpu|gpu>.jsonl; the tables of scripts/benchmarks/README.md come from there.
 bench: $(VENV)/.dev
 	$(PY) scripts/bench.py
 

@@ -4,9 +4,9 @@
     python scripts/bench.py --only throughput,levers # one or more of: throughput levers profile ttq scaling
     python scripts/bench.py --mode gpu               # on a GPU: bf16, cifar preset, batch 128 and 512
     python scripts/bench.py --quick                  # a few seconds per section: checks the script works
-    python scripts/bench.py --report FILE.jsonl      # print the README table, redraw the figures
+    python scripts/bench.py --report FILE.jsonl      # print the tables, redraw the figures
 
-Sections (each row of the results file is one JSON object; see ``README.md#performance``):
+Sections (each row of the results file is one JSON object; see ``scripts/benchmarks/README.md``):
 
 * ``throughput``: ddpm_lib's ``ConditionalUNet`` and diffusers' ``UNet2DModel`` built at the
   same size (same channels, blocks, attention resolutions, class embedding, scale-shift
@@ -30,7 +30,8 @@ Sections (each row of the results file is one JSON object; see ``README.md#perfo
   ``ddpm_lib.perf`` checked against it; then the model's prediction for 1-8 GPUs.
 
 Results go to ``scripts/benchmarks/results/<date>_<device>.jsonl`` (appended), so every
-number in the README can be traced to a row with its device, threads, versions and settings.
+number on the benchmark page (scripts/benchmarks/README.md) can be traced to a row with its device,
+threads, versions and settings.
 """
 
 from __future__ import annotations
@@ -659,7 +660,7 @@ def gpu_predictions(batch_per_gpu: int = 128) -> list[dict]:
 
 
 def report(path: Path, figures: bool = True) -> str:
-    """The README's tables (markdown) from a results file; with ``figures``, redraws the README's figures."""
+    """The benchmark page's tables (markdown) from a results file; with ``figures``, redraws its figures."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     out = []
     for section in ("throughput", "levers"):
