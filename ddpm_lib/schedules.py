@@ -17,10 +17,18 @@ The reverse step needs the posterior q(x_{t-1} | x_t, x_0) (eq. 6-7)::
     coef2_t  = sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)
     variance = beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t
 
-Code indexes steps from 0: index ``t`` in ``[0, T)`` is the paper's step ``t + 1``,
-and ``alpha_bar_prev[0] = 1`` (x_{-1} is the clean image). Every tensor here has
-shape ``(T,)`` and dtype float64; :meth:`NoiseSchedule.gather` hands out float32
-values broadcast against a batch.
+The formulas above use the paper's steps t = 1..T. Code indexes steps from 0: index
+``t`` in ``[0, T)`` is the paper's step ``t + 1``, so ``alpha_bar[0]`` is the paper's
+alpha_bar_1 = 1 - beta_1 (not 1), and every table at index ``t`` holds the paper's value
+at step ``t + 1``. ``alpha_bar_prev[t]`` is ``alpha_bar[t - 1]``; at ``t = 0`` it is the
+value "before the first step", the paper's step 0, where x is the clean image x_0 and
+alpha_bar_0 = 1 (an empty product; in code indices alpha_bar_{-1} = 1, the convention
+``t_prev = -1`` of ``diffusion.ddim_step`` also uses). So the posterior out of code
+index 0 is a point mass on x_0: ``posterior_variance[0] = 0``, ``posterior_mean_coef1[0]
+= 1`` (to rounding) and ``posterior_mean_coef2[0] = 0``, which is why ``diffusion.ddpm_step`` at
+``t = 0`` (and ``ddim_step`` to ``t_prev = -1``) returns its estimate of x_0. Every
+tensor here has shape ``(T,)`` and dtype float64; :meth:`NoiseSchedule.gather` hands
+out float32 values broadcast against a batch.
 
 """
 
@@ -58,6 +66,7 @@ class NoiseSchedule:
 
     @cached_property
     def alpha_bar_prev(self) -> torch.Tensor:
+        """alpha_bar at the previous code index, t - 1; 1 at t = 0 (before the first step, at x_0)."""
         return torch.cat([self.betas.new_ones(1), self.alpha_bar[:-1]])
 
     @cached_property
@@ -80,7 +89,7 @@ class NoiseSchedule:
 
     @cached_property
     def posterior_variance(self) -> torch.Tensor:
-        """beta_tilde_t (Ho eq. 7); 0 at t = 0, where the posterior is a point mass on x_0."""
+        """beta_tilde_t (Ho eq. 7); 0 at code index t = 0, where the posterior is a point mass on x_0."""
         return self.betas * (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar)
 
     @cached_property

@@ -14,8 +14,16 @@ the last being the *null class* for classifier-free guidance (Ho & Salimans 2022
 Their sum ``emb`` (B, 4 * base_channels) sets a per-channel scale and shift after
 each ResBlock's second GroupNorm ("adaptive group norm", Nichol & Dhariwal 2021).
 Self-attention uses ``F.scaled_dot_product_attention`` at the feature-map sizes
-listed in ``attn_resolutions``. The last conv of every residual branch starts at
-zero, so each block starts as the identity.
+listed in ``attn_resolutions``.
+
+Zero initialisation: the last layer of every residual branch (``ResBlock.conv2``,
+``SelfAttention.proj``) and the output conv ``conv_out`` start with zero weights and
+bias. At initialisation every residual branch therefore outputs 0 and each block
+computes only its skip path: an attention layer is the identity, and a ResBlock is
+the identity only where ``in_ch == out_ch``; where the channel count changes its skip
+is a randomly initialised 1x1 conv (7 of the 11 ResBlocks of the ``tiny`` preset: the
+first block of a level that widens, and every up block, whose input is [h, skip]
+concatenated). The network as a whole outputs eps = 0 for every input.
 """
 
 from __future__ import annotations
@@ -50,9 +58,13 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """GN-SiLU-conv, then GN with scale/shift from ``emb``, SiLU, dropout, conv; plus a skip.
+    """GN-SiLU-conv, then GN with scale/shift from ``emb``, SiLU, dropout, conv; plus a skip::
 
-    x (B, C_in, H, W), emb (B, E) -> (B, C_out, H, W).
+        h   = conv1(SiLU(GN1(x)));   [scale, shift] = emb_proj(SiLU(emb))
+        out = skip(x) + conv2(Dropout(SiLU(GN2(h) * (1 + scale) + shift)))
+
+    ``skip`` is the identity when C_in == C_out, a 1x1 conv otherwise; ``conv2`` starts at
+    zero, so a fresh block returns ``skip(x)``. x (B, C_in, H, W), emb (B, E) -> (B, C_out, H, W).
     """
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
@@ -76,7 +88,19 @@ class ResBlock(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the H*W positions of a feature map, with a residual.
 
-    x (B, C, H, W) -> (B, C, H, W); each head attends with softmax(q k^T / sqrt(d)) v.
+    x (B, C, H, W) -> (B, C, H, W); each head attends with softmax(q k^T / sqrt(d)) v,
+    d = C / num_heads, over the HW positions.
+
+    Which SDPA kernel runs depends on the layout: q, k, v are views of the qkv conv's
+    output, so their last dimension has stride 1 only when that output is channels_last
+    (model and x moved with ``.to(memory_format=torch.channels_last)``). Then a
+    fused kernel can run (on CPU a tiled flash-style kernel; on CUDA FlashAttention or
+    memory-efficient attention, each with its own dtype rules), which works through the
+    keys block by block and never holds the whole (HW, HW) weight matrix. With a
+    contiguous (NCHW) x the stride is HW, the fused kernels refuse it (PyTorch requires
+    stride 1 for all of them), and SDPA falls back to its math path, which materialises
+    the (B, heads, HW, HW) weights. ``ddpm_lib.train`` and ``checkpoint.load_run`` use
+    channels_last; notebook 03 shows which kernels qualify in each layout.
     """
 
     def __init__(self, channels: int, num_heads: int = 1):
