@@ -8,12 +8,20 @@ the model in ``DistributedDataParallel`` and runs one backward. DDP all-reduces 
 gradients and divides by the world size, so every rank holds the mean of the per-rank
 gradients. Each rank writes its gradients to ``<out>.rank<r>``; the notebook compares
 them with the single-process full-batch gradient.
+
+With ``--accumulate K`` the same ranks then split their rows into K micro-batches and
+accumulate the gradient over them twice, each time in a fresh DDP model whose
+communication hook counts the all-reduces: once naively (every backward all-reduces),
+once with ``DDP.no_sync()`` around the first K - 1 backwards (only the last one
+all-reduces). Each rank writes ``<out>.accumulate_<naive|no_sync>.rank<r>``: the
+gradients and the all-reduce calls and bytes.
 """
 
 import argparse
 import sys
 
 import torch
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ddpm_lib.dist import cleanup, exit_worker_if_distributed, setup
@@ -40,10 +48,41 @@ def grads(model) -> dict:
     return {name: p.grad.detach().clone() for name, p in model.named_parameters()}
 
 
+def counting_hook(state: dict, bucket):
+    """DDP's own all-reduce (sum, then divide by the world size), counting calls and bytes in ``state``."""
+    state["allreduce_calls"] += 1
+    state["allreduce_bytes"] += bucket.buffer().numel() * bucket.buffer().element_size()
+    return allreduce_hook(None, bucket)
+
+
+def accumulate(seed: int, x, y, k: int, use_no_sync: bool) -> dict:
+    """Gradient of ``loss_fn`` over this rank's rows x, y, accumulated over k equal micro-batches.
+
+    Each micro-batch loss is divided by k, so the accumulated gradient is the mean over all the
+    rows; DDP then averages it over the ranks. With ``use_no_sync`` the first k - 1 backwards run
+    inside ``no_sync()`` (forward included, as its docstring asks) and only the last all-reduces.
+    """
+    model, _, _ = make_problem(seed)
+    ddp_model = DDP(model)
+    state = {"allreduce_calls": 0, "allreduce_bytes": 0}
+    ddp_model.register_comm_hook(state, counting_hook)
+    micro = [slice(i * len(x) // k, (i + 1) * len(x) // k) for i in range(k)]
+    for i, rows in enumerate(micro):
+        last = i == k - 1
+        if use_no_sync and not last:
+            with ddp_model.no_sync():  # gradients accumulate in .grad, no all-reduce
+                (loss_fn(ddp_model, x[rows], y[rows]) / k).backward()
+        else:
+            (loss_fn(ddp_model, x[rows], y[rows]) / k).backward()  # all-reduces (the accumulated) .grad
+    return {"grads": grads(model), **state}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--accumulate", type=int, default=0,
+                        help="then accumulate over this many micro-batches, naively and with no_sync (0: skip)")
     args = parser.parse_args()
     env = setup("cpu", threads=1)
     model, x, y = make_problem(args.seed)
@@ -56,6 +95,13 @@ def main() -> None:
                      f"grad[0,0] of the first layer after all-reduce {model[0].weight.grad[0, 0].item():.6f}\n")
     sys.stdout.flush()  # one write per line: the ranks share one pipe
     torch.save(grads(model), f"{args.out}.rank{env.rank}")
+    if args.accumulate:
+        for mode in ("naive", "no_sync"):
+            result = accumulate(args.seed, x[rows], y[rows], args.accumulate, mode == "no_sync")
+            sys.stdout.write(f"[rank {env.rank}] accumulate over {args.accumulate} micro-batches, {mode:7s}: "
+                             f"{result['allreduce_calls']} all-reduce call(s), {result['allreduce_bytes']} bytes\n")
+            sys.stdout.flush()
+            torch.save(result, f"{args.out}.accumulate_{mode}.rank{env.rank}")
     cleanup(env)
     exit_worker_if_distributed()
 
