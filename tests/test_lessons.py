@@ -133,3 +133,14 @@ def test_the_scanner_catches_drifted_defaults_and_passes_true_ones():
 def test_stated_defaults_match_the_config(path):
     text = "\n\n".join(markdown_cells(path)) if path.suffix == ".ipynb" else path.read_text()
     assert not wrong_defaults(text), wrong_defaults(text)
+
+
+def test_every_lesson_and_notebook_links_to_the_previous_and_next_unit():
+    stems = [p.stem for p in NOTEBOOKS]
+    for i, stem in enumerate(stems):
+        lesson = (ROOT / "lessons" / f"{stem}.md").read_text()
+        first_cell = markdown_cells(ROOT / "notebooks" / f"{stem}.ipynb")[0]
+        for neighbour in [stems[j] for j in (i - 1, i + 1) if 0 <= j < len(stems)]:
+            assert f"]({neighbour}.md)" in lesson, f"lessons/{stem}.md does not link to {neighbour}.md"
+            assert f"]({neighbour}.ipynb)" in first_cell, f"notebook {stem} does not link to {neighbour}.ipynb"
+        assert "](README.md)" in lesson and "](../lessons/README.md)" in first_cell, f"{stem}: no link to the course map"
