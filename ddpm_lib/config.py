@@ -97,7 +97,7 @@ class TrainConfig:
 class SampleConfig:
     sampler: str = "ddim"  # ddpm | ddim
     steps: int = 50  # DDIM steps (DDPM always runs the full chain)
-    eta: float = 0.5  # 0 = deterministic DDIM; 0.5 removed the speckled samples eta=0 gave on digits
+    eta: float = 0.5  # 0 = deterministic DDIM; 0.5 cut speckled digits from 11.8% to 1.0% (scripts/speckle.py)
     guidance_scale: float = 2.0
     per_class: int = 8
     batch_size: int = 256
