@@ -268,6 +268,12 @@ def _column(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.
     return values[t].to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def _number(f: Callable) -> Callable:
+    """``f`` with its result (a number, or a one-element tensor) as a 0-dim float64 tensor, so numbers
+    compare like tensors (exactly, for counts, with ``atol = rtol = 0``)."""
+    return lambda *a: torch.as_tensor(f(*a), dtype=torch.float64).reshape(())
+
+
 def _ranks(world_size: int) -> str:
     return f"{world_size} rank{'s' if world_size > 1 else ''}"
 
@@ -709,9 +715,6 @@ def ema_half_life(fn: Callable, quiet: bool = False) -> CheckResult:
     the ``n`` with ``decay ** n = 1 / 2``, i.e. ``log(1/2) / log(decay)`` (a float; not rounded)."""
     cases = [(f"decay {d}", (d,)) for d in (0.999, 0.9999, 0.9, 0.5)]
 
-    def as_tensor(f):
-        return lambda *a: torch.as_tensor(float(f(*a)), dtype=torch.float64)
-
     def reference(decay):
         return math.log(0.5) / math.log(decay)
 
@@ -723,8 +726,8 @@ def ema_half_life(fn: Callable, quiet: bool = False) -> CheckResult:
         Mistake("linear", "decay ** n is not 1 - n (1 - decay): take logarithms of decay ** n = 1/2",
                 lambda d: 0.5 / (1 - d)),
     ]
-    mistakes = [Mistake(m.name, m.hint, as_tensor(m.wrong)) for m in mistakes]
-    return run_check("ema_half_life", as_tensor(fn), as_tensor(reference), cases, mistakes, quiet=quiet,
+    mistakes = [Mistake(m.name, m.hint, _number(m.wrong)) for m in mistakes]
+    return run_check("ema_half_life", _number(fn), _number(reference), cases, mistakes, quiet=quiet,
                      fallback=reference)
 
 
@@ -794,11 +797,6 @@ def average_gradients(fn: Callable, quiet: bool = False) -> CheckResult:
     return run_check("average_gradients", fn, reference, cases, mistakes, quiet=quiet)
 
 
-def _whole_numbers(f: Callable) -> Callable:
-    """``f``'s result (a number) as a float64 tensor, so counts are compared exactly."""
-    return lambda *a: torch.as_tensor(float(f(*a)), dtype=torch.float64)
-
-
 # ------------------------------------------------------------------ distributed training (unit 07)
 
 
@@ -820,8 +818,8 @@ def steps_per_epoch(fn: Callable, quiet: bool = False) -> CheckResult:
         Mistake("keeps_partial", "the last, partial batch is dropped (drop_last): round down",
                 lambda n, b, w: -(-(n // w) // b)),
     ]
-    mistakes = [Mistake(m.name, m.hint, _whole_numbers(m.wrong)) for m in mistakes]
-    return run_check("steps_per_epoch", _whole_numbers(fn), _whole_numbers(reference), cases, mistakes,
+    mistakes = [Mistake(m.name, m.hint, _number(m.wrong)) for m in mistakes]
+    return run_check("steps_per_epoch", _number(fn), _number(reference), cases, mistakes,
                      atol=0, rtol=0, quiet=quiet, fallback=reference)
 
 
@@ -840,8 +838,8 @@ def skip_per_rank(fn: Callable, quiet: bool = False) -> CheckResult:
         Mistake("not_divided", "seen counts the images of all ranks together: each rank used only its share",
                 lambda seen, w: seen),
     ]
-    mistakes = [Mistake(m.name, m.hint, _whole_numbers(m.wrong)) for m in mistakes]
-    return run_check("skip_per_rank", _whole_numbers(fn), _whole_numbers(train.skip_per_rank), cases, mistakes,
+    mistakes = [Mistake(m.name, m.hint, _number(m.wrong)) for m in mistakes]
+    return run_check("skip_per_rank", _number(fn), _number(train.skip_per_rank), cases, mistakes,
                      atol=0, rtol=0, quiet=quiet, fallback=train.skip_per_rank)
 
 
@@ -867,9 +865,6 @@ def frechet_distance(fn: Callable, quiet: bool = False) -> CheckResult:
     cases.append(("identical Gaussians", (*cases[0][1][:2], *cases[0][1][:2])))
     cases.append(("singular covariances (8 samples in 16 dimensions)", (*from_samples(8, 16), *from_samples(8, 16))))
 
-    def scalar(f):
-        return lambda *a: torch.as_tensor(f(*a), dtype=torch.float64).reshape(())
-
     def trace_sqrt_product(s1, s2):
         # sigma1 sigma2 is similar to a symmetric PSD matrix, so its eigenvalues are real and >= 0
         return torch.linalg.eigvals(s1 @ s2).real.clamp(min=0).sqrt().sum()
@@ -891,8 +886,8 @@ def frechet_distance(fn: Callable, quiet: bool = False) -> CheckResult:
         Mistake("no_factor_2", "identical Gaussians must be at distance 0: the cross term is counted twice",
                 lambda m1, s1, m2, s2: ((m1 - m2) ** 2).sum() + torch.trace(s1) + torch.trace(s2) - trace_sqrt_product(s1, s2)),
     ]
-    mistakes = [Mistake(m.name, m.hint, scalar(m.wrong)) for m in mistakes]
-    return run_check("frechet_distance", scalar(fn), reference, cases, mistakes, atol=1e-6, rtol=1e-5, quiet=quiet)
+    mistakes = [Mistake(m.name, m.hint, _number(m.wrong)) for m in mistakes]
+    return run_check("frechet_distance", _number(fn), reference, cases, mistakes, atol=1e-6, rtol=1e-5, quiet=quiet)
 
 
 @_checker
@@ -907,9 +902,6 @@ def inception_score(fn: Callable, quiet: bool = False) -> CheckResult:
     confident = torch.eye(10, dtype=torch.float64).repeat(3, 1) * 0.9 + 0.01
     cases = [("40 random rows, 10 classes", (random,)), ("confident and diverse (score near 10)", (confident,)),
              ("every row the same (score 1)", (random[:1].repeat(20, 1),)), ("a single sample", (random[:1],))]
-
-    def scalar(f):
-        return lambda *a: torch.as_tensor(f(*a), dtype=torch.float64).reshape(())
 
     def kl_terms(probs, marginal, reverse=False):
         p, q = (marginal.expand_as(probs), probs) if reverse else (probs, marginal.expand_as(probs))
@@ -929,8 +921,8 @@ def inception_score(fn: Callable, quiet: bool = False) -> CheckResult:
         Mistake("mean_of_exp", "take the mean of the KL terms first, then the exponential",
                 lambda p: kl_terms(p, p.mean(0, keepdim=True)).exp().mean()),
     ]
-    mistakes = [Mistake(m.name, m.hint, scalar(m.wrong)) for m in mistakes]
-    return run_check("inception_score", scalar(fn), reference, cases, mistakes, atol=1e-6, rtol=1e-5, quiet=quiet)
+    mistakes = [Mistake(m.name, m.hint, _number(m.wrong)) for m in mistakes]
+    return run_check("inception_score", _number(fn), reference, cases, mistakes, atol=1e-6, rtol=1e-5, quiet=quiet)
 
 
 # ------------------------------------------------------------------ failure modes (unit 10)
@@ -957,8 +949,8 @@ def allreduce_bytes(fn: Callable, quiet: bool = False) -> CheckResult:
         Mistake("whole_buffers", "in a ring a rank sends chunks of nbytes / W, not its whole buffer, W - 1 times",
                 lambda n, w: 2 * (w - 1) * n),
     ]
-    mistakes = [Mistake(m.name, m.hint, _whole_numbers(m.wrong)) for m in mistakes]
-    return run_check("allreduce_bytes", _whole_numbers(fn), _whole_numbers(reference), cases, mistakes,
+    mistakes = [Mistake(m.name, m.hint, _number(m.wrong)) for m in mistakes]
+    return run_check("allreduce_bytes", _number(fn), _number(reference), cases, mistakes,
                      quiet=quiet, fallback=reference)
 
 
