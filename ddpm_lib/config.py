@@ -68,6 +68,11 @@ class DiffusionConfig:
     schedule: str = "cosine"  # linear | cosine
     timesteps: int = 1000
     p_uncond: float = 0.1  # label dropout for classifier-free guidance
+    prediction: str = "v"  # what the network predicts: v (Salimans & Ho 2022) | eps (Ho et al. 2020)
+    loss_weight: str = "uniform"  # uniform (Ho's L_simple) | min_snr (Hang et al. 2023)
+    min_snr_gamma: float = 5.0  # the gamma of min_snr: weights are capped at SNR = gamma
+    t_sampling: str = "uniform"  # training steps drawn uniform | logit_normal (Esser et al. 2024)
+    zero_terminal_snr: bool = False  # rescale so x_T is pure noise (Lin et al. 2024); needs prediction v
 
 
 @dataclass
@@ -98,7 +103,7 @@ class SampleConfig:
     sampler: str = "ddim"  # ddpm | ddim
     steps: int = 50  # DDIM steps (DDPM always runs the full chain)
     eta: float = 0.5  # 0 = deterministic DDIM; 0.5 cut speckled digits from 11.8% to 1.0% (scripts/speckle.py)
-    guidance_scale: float = 2.0
+    guidance_scale: float = 1.25  # the lowest domain FID at >= 99% class accuracy on digits (scripts/bench.py)
     per_class: int = 8
     batch_size: int = 256
     seed: int = 0
@@ -121,6 +126,9 @@ CHOICES = {
     "data.dataset": ("digits", "textures", "folder"),
     "model.preset": ("tiny", "cifar"),
     "diffusion.schedule": ("linear", "cosine"),
+    "diffusion.prediction": ("eps", "v"),
+    "diffusion.loss_weight": ("uniform", "min_snr"),
+    "diffusion.t_sampling": ("uniform", "logit_normal"),
     "train.lr_schedule": ("constant", "cosine"),
     "train.device": ("auto", "cuda", "cpu"),
     "train.amp": ("auto", "bf16", "fp16", "none"),
@@ -206,6 +214,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be {rule}; got {value}")
     if m.base_channels % m.num_heads:
         raise ConfigError(f"model.base_channels={m.base_channels} must be divisible by model.num_heads={m.num_heads}")
+    if cfg.diffusion.zero_terminal_snr and cfg.diffusion.prediction != "v":
+        raise ConfigError("diffusion.zero_terminal_snr=true leaves no signal at the last step, where an eps "
+                          "prediction cannot give x_0; set diffusion.prediction=v as well (Lin et al. 2024)")
     if cfg.sample.steps > cfg.diffusion.timesteps:
         raise ConfigError(f"sample.steps={cfg.sample.steps} cannot exceed diffusion.timesteps={cfg.diffusion.timesteps}")
     check_seed(t.seed, "train.seed")
@@ -226,7 +237,7 @@ NUMBER_RANGES = {
     "model.base_channels": _POSITIVE, "model.num_res_blocks": _POSITIVE, "model.num_heads": _POSITIVE,
     "model.dropout": _FRACTION,
     "diffusion.timesteps": (lambda v: v >= MIN_TIMESTEPS, f"at least {MIN_TIMESTEPS} (try 1000, as in DDPM)"),
-    "diffusion.p_uncond": _FRACTION,
+    "diffusion.p_uncond": _FRACTION, "diffusion.min_snr_gamma": _POSITIVE,
     "train.batch_size": _POSITIVE, "train.epochs": _POSITIVE, "train.max_steps": _AT_LEAST_0,
     "train.lr": _POSITIVE, "train.lr_warmup_steps": _AT_LEAST_0, "train.lr_min_ratio": _FRACTION,
     "train.weight_decay": _AT_LEAST_0, "train.grad_clip": (_AT_LEAST_0[0], ">= 0, 0 for no clipping"),

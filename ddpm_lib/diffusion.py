@@ -49,6 +49,63 @@ def drop_labels(y: torch.Tensor, p_uncond: float, null_class: int, generator: to
     return torch.where(drop, torch.full_like(y, null_class), y)
 
 
+def sample_timesteps(n: int, timesteps: int, how: str = "uniform", device=None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` training steps t in ``[0, T)``, int64 ``(n,)``.
+
+    ``"uniform"``: every step equally often (Ho et al. 2020). ``"logit_normal"``: t / T is
+    sigmoid(u) with u ~ N(0, 1) (Esser et al. 2024, sec. 3.1), which draws the middle of the
+    process, where the loss is neither trivial nor hopeless, more often than either end.
+    """
+    if how == "uniform":
+        return torch.randint(0, timesteps, (n,), device=device, generator=generator)
+    if how == "logit_normal":
+        u = torch.randn((n,), device=device, generator=generator).sigmoid()
+        return (u * timesteps).long().clamp(max=timesteps - 1)
+    raise ValueError(f"unknown t_sampling {how!r}; choose uniform or logit_normal")
+
+
+def v_target(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The velocity v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022, sec. 4)."""
+    return schedule.gather("sqrt_alpha_bar", t) * noise - schedule.gather("sqrt_one_minus_alpha_bar", t) * x0
+
+
+def eps_and_x0(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor,
+               prediction: str = "eps") -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's ``output`` as (eps, x_0) estimates, for either parameterisation::
+
+        eps:  x_0 = (x_t - sqrt(1 - a) eps) / sqrt(a)
+        v:    x_0 = sqrt(a) x_t - sqrt(1 - a) v,   eps = sqrt(a) v + sqrt(1 - a) x_t
+
+    with a = alpha_bar_t. The v form stays finite where a = 0 (zero terminal SNR).
+    """
+    if prediction == "eps":
+        return output, predict_x0(schedule, x_t, t, output)
+    if prediction != "v":
+        raise ValueError(f"unknown prediction {prediction!r}; choose eps or v")
+    a, b = schedule.gather("sqrt_alpha_bar", t), schedule.gather("sqrt_one_minus_alpha_bar", t)
+    return a * output + b * x_t, a * x_t - b * output
+
+
+def loss_weights(schedule: NoiseSchedule, t: torch.Tensor, prediction: str = "eps", weighting: str = "uniform",
+                 gamma: float = 5.0) -> torch.Tensor | None:
+    """Per-sample weights (B,) of the squared error, or None for L_simple's uniform weight.
+
+    ``"min_snr"`` (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting
+    Strategy"): weight the x_0 error by min(SNR_t, gamma), so the nearly clean steps stop
+    dominating. An eps error is an x_0 error times SNR, a v error one times SNR + 1, so the
+    weight on the network's own error is min(SNR, gamma) / SNR for eps and
+    min(SNR, gamma) / (SNR + 1) for v.
+    """
+    if weighting == "uniform":
+        return None
+    if weighting != "min_snr":
+        raise ValueError(f"unknown loss_weight {weighting!r}; choose uniform or min_snr")
+    snr = schedule.gather("snr", t, ndim=1)
+    capped = snr.clamp(max=gamma)
+    return capped / snr if prediction == "eps" else capped / (snr + 1)
+
+
 def diffusion_loss(
     model: nn.Module,
     schedule: NoiseSchedule,
@@ -57,6 +114,10 @@ def diffusion_loss(
     null_class: int,
     p_uncond: float = 0.1,
     generator: torch.Generator | None = None,
+    prediction: str = "eps",
+    weighting: str = "uniform",
+    gamma: float = 5.0,
+    t_sampling: str = "uniform",
 ) -> torch.Tensor:
     """The simplified DDPM objective (Ho eq. 14) with label dropout, a scalar::
 
@@ -64,12 +125,20 @@ def diffusion_loss(
 
     t is uniform over every step ``[0, T)`` (t = 0 included), eps ~ N(0, I), and
     y' is y with each label dropped to the null class with probability p_uncond.
+    The defaults are exactly that; the levers change one part each: ``prediction="v"``
+    regresses v (:func:`v_target`) instead of eps, ``weighting="min_snr"`` weights each
+    sample's error (:func:`loss_weights`), ``t_sampling`` draws t (:func:`sample_timesteps`).
     """
-    t = torch.randint(0, schedule.timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+    t = sample_timesteps(x0.shape[0], schedule.timesteps, t_sampling, x0.device, generator)
     noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
     x_t = q_sample(schedule, x0, t, noise)
     y_in = drop_labels(y, p_uncond, null_class, generator)
-    return F.mse_loss(model(x_t, t, y_in).float(), noise.float())
+    target = noise if prediction == "eps" else v_target(schedule, x0, t, noise)
+    output = model(x_t, t, y_in).float()
+    weights = loss_weights(schedule, t, prediction, weighting, gamma)
+    if weights is None:
+        return F.mse_loss(output, target.float())
+    return (weights * ((output - target.float()) ** 2).flatten(1).mean(1)).mean()
 
 
 def guided_eps(
@@ -93,10 +162,12 @@ def ddpm_step(
     eps: torch.Tensor,
     noise: torch.Tensor,
     clip_x0: bool = True,
+    x0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One ancestral step x_t -> x_{t-1} (Ho eq. 11, via the posterior of eq. 6-7).
 
-    x_0 is predicted from eps (and clipped to [-1, 1] if ``clip_x0``), then::
+    x_0 is predicted from eps, or taken as given in ``x0`` (a v-prediction's estimate,
+    :func:`eps_and_x0`), and clipped to [-1, 1] if ``clip_x0``, then::
 
         x_{t-1} = coef1_t x_0 + coef2_t x_t + sigma_t z,   sigma_t^2 = beta_tilde_t
 
@@ -104,7 +175,7 @@ def ddpm_step(
     + sigma_t z``. No noise is added at t = 0. Returns ``(x_{t-1}, x0_pred)``.
     """
     tt = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-    x0 = predict_x0(schedule, x_t, tt, eps)
+    x0 = predict_x0(schedule, x_t, tt, eps) if x0 is None else x0
     if clip_x0:
         x0 = x0.clamp(-1, 1)
     mean = schedule.gather("posterior_mean_coef1", tt) * x0 + schedule.gather("posterior_mean_coef2", tt) * x_t
@@ -122,6 +193,7 @@ def ddim_step(
     noise: torch.Tensor | None,
     eta: float = 0.0,
     clip_x0: bool = True,
+    x0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, eq. 12), with ``t_prev < t``;
     ``t_prev = -1`` means "to the clean image" (alpha_bar = 1)::
@@ -131,13 +203,14 @@ def ddim_step(
 
     with a = alpha_bar. eta = 0 is the deterministic DDIM; eta = 1 with every step
     (t_prev = t - 1) is exactly the DDPM ancestral step. When x0 is clipped, eps is
-    recomputed from the clipped x0 so the two stay consistent. Returns ``(x_prev, x0_pred)``.
+    recomputed from the clipped x0 so the two stay consistent. ``x0``, when given, is the
+    model's own x_0 estimate (v-prediction) and replaces the one from eps. Returns ``(x_prev, x0_pred)``.
     """
     b = x_t.shape[0]
     tt = torch.full((b,), t, device=x_t.device, dtype=torch.long)
     a_t = schedule.gather("alpha_bar", tt)
     a_prev = schedule.gather("alpha_bar", torch.full_like(tt, t_prev)) if t_prev >= 0 else torch.ones_like(a_t)
-    x0 = predict_x0(schedule, x_t, tt, eps)
+    x0 = predict_x0(schedule, x_t, tt, eps) if x0 is None else x0
     if clip_x0:
         x0 = x0.clamp(-1, 1)
         eps = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
@@ -184,6 +257,7 @@ def sample(
     clip_x0: bool = True,
     record: Iterable[int] | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    prediction: str = "eps",
 ) -> SampleResult:
     """Generate one image per label in ``y`` (shape ``(B,)``), each of ``shape`` (C, H, W).
 
@@ -192,6 +266,7 @@ def sample(
     from ``generator``, so a fixed seed gives the same images and never touches the
     global (training) RNG. ``record`` lists the steps t whose x_t and predicted x_0
     are kept in the result; ``progress`` wraps the step iterator (e.g. ``tqdm``).
+    ``prediction`` is what the network predicts (``cfg.diffusion.prediction``): eps or v.
     """
     device = y.device
     if sampler == "ddpm":
@@ -208,15 +283,16 @@ def sample(
     for i in progress(range(len(ts))) if progress else range(len(ts)):
         t = ts[i]
         tt = torch.full((y.shape[0],), t, device=device, dtype=torch.long)
-        eps = guided_eps(model, x, tt, y, null_class, guidance_scale).float()
+        out = guided_eps(model, x, tt, y, null_class, guidance_scale).float()  # guidance is linear: eps or v alike
+        eps, x0_model = (out, None) if prediction == "eps" else eps_and_x0(schedule, x, tt, out, prediction)
         noisy = sampler == "ddpm" or eta > 0
         noise = torch.randn(x.shape, generator=generator, device=device) if noisy and t > 0 else None
         x_in = x
         if sampler == "ddpm":
-            x, x0 = ddpm_step(schedule, x, t, eps, noise, clip_x0)
+            x, x0 = ddpm_step(schedule, x, t, eps, noise, clip_x0, x0=x0_model)
         else:
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-            x, x0 = ddim_step(schedule, x, t, t_prev, eps, noise, eta, clip_x0)
+            x, x0 = ddim_step(schedule, x, t, t_prev, eps, noise, eta, clip_x0, x0=x0_model)
         if t in keep:
             result.steps.append(t)
             result.xt.append(x_in.cpu())

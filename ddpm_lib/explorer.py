@@ -32,7 +32,7 @@ from .config import check_seed
 from .diffusion import ddim_timesteps, sample
 from .errors import DDPMError
 from .prompt import class_from_prompt
-from .schedules import make_schedule
+from .schedules import schedule_of
 from .viz import as_uint8, image_grid, png_bytes
 
 MAX_FRAMES = 60  # trajectory frames kept per generation (evenly spaced steps)
@@ -225,13 +225,13 @@ class Explorer:
 
         try:
             started = time.time()
-            schedule = make_schedule(self.cfg.diffusion.schedule, self.cfg.diffusion.timesteps)
+            schedule = schedule_of(self.cfg)
             labels = torch.full((s["count"],), s["class"], dtype=torch.long, device=self.device)
             generator = torch.Generator(self.device).manual_seed(s["seed"])
             shape = (self.model.in_channels, self.cfg.data.img_size, self.cfg.data.img_size)
             result = sample(self.model, schedule, labels, shape, self.model.null_class, sampler=s["sampler"],
                             steps=s["steps"], eta=s["eta"], guidance_scale=s["guidance"], generator=generator,
-                            record=self._trajectory_steps(s), progress=tick)
+                            record=self._trajectory_steps(s), progress=tick, prediction=self.cfg.diffusion.prediction)
             seconds = time.time() - started
         finally:
             self.generate_button.disabled = False

@@ -40,7 +40,7 @@ from .diffusion import sample
 from .dist import DistEnv, distributed, exit_worker_if_distributed, gather_objects
 from .errors import DDPMError, cli
 from .prompt import class_from_prompt
-from .schedules import make_schedule
+from .schedules import schedule_of
 from .viz import as_uint8, class_grid, png_bytes
 
 
@@ -120,7 +120,7 @@ def generate(model, cfg, labels: torch.Tensor, sampler: str, steps: int, guidanc
     """
     env = env or DistEnv()
     device = next(model.parameters()).device
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    schedule = schedule_of(cfg)
     shape = (model.in_channels, cfg.data.img_size, cfg.data.img_size)
     chunks = labels.split(batch_size)
     mine = {}
@@ -131,7 +131,8 @@ def generate(model, cfg, labels: torch.Tensor, sampler: str, steps: int, guidanc
             wrap = lambda it, d=desc: tqdm(it, desc=d, leave=False, file=sys.stdout)  # noqa: E731
         generator = torch.Generator(device).manual_seed(seed + c)
         result = sample(model, schedule, chunks[c].to(device), shape, model.null_class, sampler=sampler, steps=steps,
-                        eta=eta, guidance_scale=guidance_scale, generator=generator, progress=wrap)
+                        eta=eta, guidance_scale=guidance_scale, generator=generator, progress=wrap,
+                        prediction=cfg.diffusion.prediction)
         mine[c] = as_uint8(result.x.cpu())
     gathered = {}
     for part in gather_objects(env, mine):

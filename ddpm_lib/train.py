@@ -57,7 +57,7 @@ from .dist import (DistEnv, any_rank, barrier, broadcast_module_, distributed, e
                    gather_objects, mean_over_ranks)
 from .ema import EMA
 from .errors import DDPMError, cli, writing
-from .schedules import make_schedule
+from .schedules import schedule_of
 from .unet import build_unet, count_parameters
 
 # The CPU backward of a 1x1 conv returns its weight gradient with transposed strides; DDP then
@@ -119,6 +119,11 @@ def planned_steps(state: TrainState, dataset_size: int, world_size: int, cfg: Co
     later = max(0, t.epochs - state.epoch - 1) * per_epoch
     total = state.step + (this_epoch + later if state.epoch < t.epochs else 0)
     return min(total, t.max_steps) if t.max_steps else total
+
+
+def planned_steps_of(cfg: Config, world_size: int = 1) -> int:
+    """The step count of a new run of ``cfg`` on ``world_size`` ranks (loads the data to count it)."""
+    return planned_steps(TrainState(), len(load_data(cfg.data, progress=False)), world_size, cfg)
 
 
 def lr_at(step: int, total_steps: int, cfg: Config) -> float:
@@ -358,7 +363,10 @@ def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: 
     amp_dtype = autocast_dtype(t.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = EMA(net, decay=t.ema_decay, warmup=t.ema_warmup)
-    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    schedule = schedule_of(cfg)
+    d = cfg.diffusion
+    loss_options = dict(p_uncond=d.p_uncond, prediction=d.prediction, weighting=d.loss_weight, gamma=d.min_snr_gamma,
+                        t_sampling=d.t_sampling)
 
     # Resume from the run directory's snapshot, if any. Every rank checks the folder before rank 0
     # writes anything into it.
@@ -398,6 +406,10 @@ def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: 
         f"T={cfg.diffusion.timesteps} | {env.world_size} rank(s) on {device.type}"
         f"{'' if env.backend is None else f' ({env.backend})'}, batch {t.batch_size}/rank = "
         f"{t.batch_size * env.world_size} global | amp {amp_dtype or 'off'} | {total_steps} steps | run dir {run_dir}")
+    if device.type == "cpu" and not t.threads and not env.distributed and torch.get_num_threads() < (os.cpu_count() or 1):
+        say(f"[train] other programs keep {(os.cpu_count() or 1) - torch.get_num_threads()} of {os.cpu_count()} cores busy: "
+            f"training with {torch.get_num_threads()} thread(s), which is faster than sharing a core "
+            f"(train.threads=N to choose)")
     if state.step:
         say(f"[train] resuming from step {state.step} (epoch {state.epoch}, image {state.seen} of its order)")
     if snapshot is not None and len(snapshot["rng"]) != env.world_size:
@@ -430,8 +442,7 @@ def _train(cfg: Config, run_dir: Path, resume: str, progress: bool, stop_after: 
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = diffusion_loss(model, schedule, x, y, null_class=data.num_classes,
-                                      p_uncond=cfg.diffusion.p_uncond)
+                loss = diffusion_loss(model, schedule, x, y, null_class=data.num_classes, **loss_options)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones

@@ -235,3 +235,19 @@ def test_deterministic_is_off_by_default_and_settable():
 def test_config_is_plain_dataclasses():
     cfg = load_config("digits")
     assert dataclasses.is_dataclass(cfg) and cfg.to_dict()["train"]["lr"] == cfg.train.lr
+
+
+def test_zero_terminal_snr_needs_v_prediction():
+    with pytest.raises(ConfigError, match="diffusion.prediction=v"):
+        load_config("digits", ["diffusion.zero_terminal_snr=true", "diffusion.prediction=eps"])
+    cfg = load_config("digits", ["diffusion.zero_terminal_snr=true", "diffusion.prediction=v"])
+    assert cfg.diffusion.zero_terminal_snr and cfg.diffusion.prediction == "v"
+
+
+@pytest.mark.parametrize("item, problem", [("diffusion.prediction=x0", "diffusion.prediction must be one of eps, v"),
+                                           ("diffusion.loss_weight=snr", "diffusion.loss_weight must be one of"),
+                                           ("diffusion.t_sampling=beta", "diffusion.t_sampling must be one of"),
+                                           ("diffusion.min_snr_gamma=0", "diffusion.min_snr_gamma must be positive")])
+def test_lever_values_are_checked(item, problem):
+    with pytest.raises(ConfigError, match=problem):
+        load_config("digits", [item])

@@ -210,3 +210,129 @@ def test_diffusion_loss_decreases_on_a_fixed_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * before
+
+
+# ---------------------------------------------------------------- the levers: v-prediction, min-SNR, t sampling
+
+def test_v_target_and_conversions_match_diffusers():
+    """v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022), as diffusers' get_velocity; and
+    eps_and_x0 turns a perfect v back into the true eps and x0, also where alpha_bar = 0."""
+    from ddpm_lib.diffusion import eps_and_x0, v_target
+    from ddpm_lib.schedules import make_schedule
+
+    s = cosine(1000)
+    ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    with_float64_tables(ref, s)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, 1, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
+    theirs = ref.get_velocity(x0.double(), noise.double(), t).float()
+    torch.testing.assert_close(v_target(s, x0, t, noise), theirs, atol=1e-5, rtol=1e-5)
+    for schedule in (s, make_schedule("linear", 100, zero_terminal=True)):
+        t = torch.tensor([0, 1, schedule.timesteps // 2, schedule.timesteps - 1])
+        x_t = q_sample(schedule, x0, t, noise)
+        eps, x0_hat = eps_and_x0(schedule, x_t, t, v_target(schedule, x0, t, noise), "v")
+        torch.testing.assert_close(eps, noise, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(x0_hat, x0, atol=1e-5, rtol=1e-5)
+    eps, x0_hat = eps_and_x0(s, x_t, t, noise, "eps")
+    assert eps is noise and torch.equal(x0_hat, predict_x0(s, x_t, t, noise))
+
+
+def test_ddim_step_with_v_prediction_matches_diffusers():
+    """A whole DDIM chain fed a v-predicting stand-in, against DDIMScheduler(prediction_type="v_prediction")."""
+    from ddpm_lib.diffusion import eps_and_x0
+
+    s = cosine(1000)
+    ref = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+                                  timestep_spacing="trailing", set_alpha_to_one=True, prediction_type="v_prediction")
+    ref.set_timesteps(10)
+    with_float64_tables(ref, s)
+    ts = ddim_timesteps(1000, 10)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for i, t in enumerate(ts):
+        v = 0.4 * x - 0.05
+        theirs = ref.step(v, t, x, eta=0.0).prev_sample
+        tt = torch.full((2,), t)
+        eps, x0 = eps_and_x0(s, x, tt, v, "v")
+        ours, _ = ddim_step(s, x, t, ts[i + 1] if i + 1 < len(ts) else -1, eps, None, eta=0.0, clip_x0=False, x0=x0)
+        torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-5)
+        x = ours
+
+
+def test_min_snr_weights_match_the_paper():
+    """Hang et al. 2023: min(SNR, gamma) / SNR for eps, / (SNR + 1) for v, from diffusers' compute_snr."""
+    from diffusers.training_utils import compute_snr
+
+    from ddpm_lib.diffusion import loss_weights
+
+    s = cosine(1000)
+    ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    with_float64_tables(ref, s)
+    t = torch.tensor([0, 100, 400, 600, 999])
+    snr = compute_snr(ref, t).float()
+    torch.testing.assert_close(loss_weights(s, t, "eps", "min_snr", 5.0), snr.clamp(max=5) / snr, rtol=1e-4, atol=0)
+    torch.testing.assert_close(loss_weights(s, t, "v", "min_snr", 5.0), snr.clamp(max=5) / (snr + 1), rtol=1e-4,
+                               atol=0)
+    assert loss_weights(s, t) is None
+    # low noise (high SNR) is down-weighted, high noise keeps weight 1 under eps
+    w = loss_weights(s, t, "eps", "min_snr", 5.0)
+    assert w[0] < 1e-3 and w[-1] == pytest.approx(1.0)
+
+
+def test_logit_normal_draws_the_middle_more():
+    from ddpm_lib.diffusion import sample_timesteps
+
+    g = torch.Generator().manual_seed(0)
+    t = sample_timesteps(100_000, 1000, "logit_normal", generator=g)
+    assert t.min() >= 0 and t.max() <= 999 and t.dtype == torch.long
+    middle = ((t >= 400) & (t < 600)).float().mean().item()
+    ends = ((t < 100) | (t >= 900)).float().mean().item()
+    # u = sigmoid(z), z ~ N(0, 1): P(0.4 <= u < 0.6) = P(|z| < logit 0.6) = 0.315, P(u < 0.1 or u >= 0.9) = 0.028
+    assert middle == pytest.approx(0.315, abs=0.005) and ends == pytest.approx(0.028, abs=0.003)
+    uniform = sample_timesteps(100_000, 1000, "uniform", generator=g)
+    assert ((uniform >= 400) & (uniform < 600)).float().mean().item() == pytest.approx(0.2, abs=0.005)
+    with pytest.raises(ValueError, match="t_sampling"):
+        sample_timesteps(4, 1000, "beta")
+
+
+def test_weighted_loss_of_a_perfect_v_model_is_zero_and_defaults_are_unchanged():
+    """With prediction="v", a network that returns the true v has zero loss under every weighting;
+    the default options give exactly L_simple, draw for draw."""
+    s = cosine(100)
+
+    class Oracle(nn.Module):
+        def forward(self, x_t, t, y):  # knows x0 = 0.5 everywhere, so v follows from x_t
+            a, b = s.gather("sqrt_alpha_bar", t), s.gather("sqrt_one_minus_alpha_bar", t)
+            noise = (x_t - a * 0.5) / b
+            return a * noise - b * 0.5
+
+    x0 = torch.full((8, 1, 4, 4), 0.5)
+    y = torch.zeros(8, dtype=torch.long)
+    for weighting in ("uniform", "min_snr"):
+        loss = diffusion_loss(Oracle(), s, x0, y, null_class=1, p_uncond=0.0, prediction="v", weighting=weighting,
+                              generator=torch.Generator().manual_seed(0))
+        assert loss.item() < 1e-8
+    model = LinearEps()
+    plain = diffusion_loss(model, s, x0, y, 3, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    t = torch.randint(0, 100, (8,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    y_in = drop_labels(y, 0.1, 3, g)
+    by_hand = torch.nn.functional.mse_loss(model(q_sample(s, x0, t, noise), t, y_in), noise)
+    assert plain.item() == by_hand.item()
+
+
+def test_v_sampler_on_zero_terminal_snr_stays_finite():
+    from ddpm_lib.schedules import make_schedule
+
+    s = make_schedule("linear", 50, zero_terminal=True)
+    y = torch.tensor([0, 1, 2])
+    for sampler in ("ddpm", "ddim"):
+        out = sample(LinearEps(), s, y, (1, 4, 4), null_class=3, sampler=sampler, steps=10, eta=0.5,
+                     guidance_scale=2.0, generator=torch.Generator().manual_seed(0), prediction="v")
+        assert torch.isfinite(out.x).all()
+    # the same network read as an eps predictor divides by sqrt(alpha_bar_T) = 0 at the first step
+    with pytest.raises(AssertionError):
+        out = sample(LinearEps(), s, y, (1, 4, 4), null_class=3, sampler="ddim", steps=10, clip_x0=False,
+                     generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(out.x).all()

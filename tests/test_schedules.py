@@ -97,3 +97,27 @@ def test_gather_shapes_and_device():
 def test_unknown_schedule():
     with pytest.raises(ValueError, match="cosine"):
         make_schedule("quadratic", 10)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_zero_terminal_snr_matches_diffusers(name):
+    """Lin et al. 2024's rescaling: the last step leaves no signal, the first keeps its value."""
+    from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr
+
+    plain = make_schedule(name, 1000)
+    ours = make_schedule(name, 1000, zero_terminal=True)
+    theirs = rescale_zero_terminal_snr(plain.betas.clone())
+    torch.testing.assert_close(ours.betas, theirs.to(torch.float64), atol=1e-9, rtol=1e-7)
+    assert ours.alpha_bar[-1].item() == 0.0 and ours.snr[-1].item() == 0.0
+    assert ours.alpha_bar[0].item() == pytest.approx(plain.alpha_bar[0].item(), rel=1e-12)
+    assert torch.all(ours.alpha_bar[:-1] > 0) and torch.all(torch.diff(ours.alpha_bar) < 0)
+
+
+def test_schedule_of_reads_the_config():
+    from ddpm_lib.config import load_config
+    from ddpm_lib.schedules import schedule_of
+
+    cfg = load_config("digits", ["diffusion.timesteps=50", "diffusion.prediction=v", "diffusion.zero_terminal_snr=true"])
+    s = schedule_of(cfg)
+    assert s.timesteps == 50 and s.alpha_bar[-1].item() == 0.0
+    assert schedule_of(load_config("digits")).alpha_bar[-1].item() > 0
