@@ -161,12 +161,51 @@ def _silence_output() -> None:
     os.close(devnull)
 
 
+def busy_cores(seconds: float = 0.1) -> float:
+    """How many cores other programs keep busy, measured over ``seconds`` from ``/proc/stat``
+    (Linux) with this process's own time left out; 0.0 where that cannot be read (macOS, Windows)."""
+    def read() -> tuple[int, int, int]:
+        with open("/proc/stat") as f:
+            jiffies = [int(x) for x in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            mine = f.read().rsplit(")", 1)[1].split()[11:13]  # utime, stime
+        return sum(jiffies), jiffies[3] + jiffies[4], sum(int(x) for x in mine)  # total, idle + iowait, ours
+    try:
+        total0, idle0, mine0 = read()
+        time.sleep(seconds)
+        total1, idle1, mine1 = read()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    elapsed = total1 - total0
+    if elapsed <= 0:
+        return 0.0
+    others = elapsed - (idle1 - idle0) - (mine1 - mine0)
+    return max(0.0, others / elapsed * (os.cpu_count() or 1))
+
+
+def default_threads(ranks_here: int, busy: float | None = None) -> int:
+    """The torch CPU threads a rank gets with ``train.threads=0``.
+
+    Several ranks on one machine share its cores. A single rank takes every core except those
+    other programs keep busy (``busy``, measured by :func:`busy_cores` when not given; a core counts
+    from 75% use): a learner's laptop also runs a browser and JupyterLab, and a torch thread that
+    shares its core with them holds up every parallel operation of the step
+    (``scripts/bench.py --only busy``). ``train.threads=N`` fixes the count.
+    """
+    cores = os.cpu_count() or 1
+    if ranks_here > 1:
+        return max(1, cores // ranks_here)
+    busy = busy_cores() if busy is None else busy
+    return max(1, cores - int(busy + 0.25))
+
+
 def setup(device: str = "auto", threads: int = 0, timeout_minutes: float = 30.0) -> DistEnv:
     """Pick this rank's device and CPU threads and, for world size > 1, join the process group.
 
     ``device``: ``"auto"`` (a GPU when there is one), ``"cuda"`` or ``"cpu"``.
     ``threads``: torch CPU threads for this rank; 0 shares the machine's cores among the
-    ranks on it (torchrun would otherwise leave every rank at ``OMP_NUM_THREADS=1``).
+    ranks on it (torchrun would otherwise leave every rank at ``OMP_NUM_THREADS=1``), and a
+    single rank leaves out the cores other programs keep busy (:func:`default_threads`).
     The process group is created on a store prefixed by ``TORCHELASTIC_RESTART_COUNT``:
     after ``torchrun --max-restarts`` brings the workers back, keys left in the agent's
     store by the failed attempt would otherwise make the new group connect to dead peers.
@@ -175,7 +214,7 @@ def setup(device: str = "auto", threads: int = 0, timeout_minutes: float = 30.0)
     start_orphan_watchdog()
     rank, local_rank, world_size = read_env()
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // ranks_here))
+    torch.set_num_threads(threads or default_threads(ranks_here))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda:
         if not torch.cuda.is_available():

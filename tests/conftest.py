@@ -14,9 +14,17 @@ TINY = ["data.img_size=8", "model.base_channels=16", "model.channel_mult=[1, 2]"
         "sample.per_class=2"]
 
 
+from ddpm_lib import dist as _dist  # noqa: E402
+
+REAL_BUSY_CORES = _dist.busy_cores
+
+
 @pytest.fixture(autouse=True)
-def _threads():
+def _threads(monkeypatch):
+    """Two threads, and a machine that counts as idle: ``train.threads=0`` must not pick fewer
+    threads because something else ran for a moment (runs compared bit for bit would differ)."""
     torch.set_num_threads(2)
+    monkeypatch.setattr(_dist, "busy_cores", lambda seconds=0.1: 0.0)
 
 
 def run_module(module: str, *args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -476,3 +476,32 @@ def test_resume_with_another_world_size_completes_the_planned_epochs(tmp_path):
     assert "written by 1 rank(s), this run has 2" in proc.stdout and "done: 19 steps" in proc.stdout, proc.stdout
     assert final_weights(run)["state"]["step"] == 19
     assert 10 * 64 + (19 - 10) * 2 * 64 == 28 * 64  # the planned images, all of them
+
+
+def test_default_threads_leaves_out_cores_other_programs_keep_busy(monkeypatch):
+    """One rank takes every core but those busy with other work (from 75% use); several share the cores."""
+    from ddpm_lib import dist as ddist
+
+    monkeypatch.setattr(ddist.os, "cpu_count", lambda: 8)
+    assert ddist.default_threads(1, busy=0.0) == 8
+    assert ddist.default_threads(1, busy=0.7) == 8
+    assert ddist.default_threads(1, busy=0.8) == 7
+    assert ddist.default_threads(1, busy=2.9) == 5
+    assert ddist.default_threads(1, busy=20.0) == 1
+    assert ddist.default_threads(4, busy=8.0) == 2  # ranks started together would count each other: not measured
+
+
+def test_busy_cores_sees_a_spinning_process():
+    from conftest import REAL_BUSY_CORES as busy_cores  # the fixture makes ddpm_lib.dist.busy_cores report idle
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("busy_cores reads /proc/stat (Linux)")
+    quiet = busy_cores(0.5)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        loaded = busy_cores(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert loaded > quiet + 0.5 and loaded > 0.7, (quiet, loaded)
