@@ -16,7 +16,7 @@ TORCHRUN := $(PY) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC
 help:
 	@echo "make course  train the default model with torchrun, sample, evaluate (creates .venv)"
 	@echo "             NPROC=2 for 2 ranks (batch size is per rank), PRESET=textures, RUN=runs/x,"
-	@echo "             QUICK=0 to run the notebooks full size"
+	@echo "             QUICK=0 to run the notebooks with the learner default (QUICK=False)"
 	@echo "make test    run the whole test suite (creates .venv)"
 	@echo "make bench   benchmark ddpm_lib against diffusers (about 20 min on 2 CPU cores; GPU mode on a GPU)"
 	@echo "make lab     open JupyterLab in notebooks/"

@@ -1,7 +1,7 @@
 """Execute every course notebook headless (papermill) and render them to HTML (nbconvert).
 
     python scripts/run_notebooks.py                 # quick mode (QUICK=True), as CI and `make course` run them
-    python scripts/run_notebooks.py --full          # full size (QUICK=False)
+    python scripts/run_notebooks.py --full          # the learner default (QUICK=False)
     python scripts/run_notebooks.py --only 04 07    # some notebooks, by number prefix
     python scripts/run_notebooks.py --solutions     # the Your-turn cells solved (notebooks/solutions/)
 
@@ -63,7 +63,7 @@ def render_html(executed: Path) -> Path:
 def write_index(rows: list[tuple[Path, str, float]], quick: bool) -> Path:
     items = "\n".join(f'<li><a href="{p.name}">{html.escape(t)}</a> <small>({p.stem}, {s:.0f} s)</small></li>'
                       for p, t, s in rows)
-    mode = "quick mode (QUICK=True)" if quick else "full size (QUICK=False)"
+    mode = "quick mode (QUICK=True)" if quick else "the learner default (QUICK=False)"
     index = BUILD / "html" / "index.html"
     index.write_text(f"<!doctype html><meta charset='utf-8'><title>ddpm-course notebooks</title>"
                      f"<h1>ddpm-course: executed notebooks</h1><p>Executed in {mode}; the reading for each "
@@ -73,7 +73,7 @@ def write_index(rows: list[tuple[Path, str, float]], quick: bool) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--full", action="store_true", help="run full size (QUICK=False)")
+    parser.add_argument("--full", action="store_true", help="run with the learner default (QUICK=False)")
     parser.add_argument("--only", nargs="+", metavar="NN", help="number prefixes of the notebooks to run")
     parser.add_argument("--solutions", action="store_true",
                         help="check the worked solutions in notebooks/solutions/ instead of the stubs")
