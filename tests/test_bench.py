@@ -75,6 +75,8 @@ def test_ttq_ratio_is_an_upper_bound_when_the_baseline_never_arrives(bench):
     bound = bench._ttq_ratio(ours, {"reached_s": None, "trained_s": 600.0})
     assert bound["ratio"] == pytest.approx(1 / 6) and bound["bound"].startswith("upper")
     assert bench._ttq_ratio({"reached_s": None, "trained_s": 600.0}, ours)["ratio"] is None
+    seeds = [ours, {"reached_s": 200.0, "trained_s": 200.0}]  # over seeds, the slowest counts
+    assert bench._ttq_ratio(seeds, {"reached_s": 400.0, "trained_s": 400.0})["ratio"] == 0.5
 
 
 def test_gpu_predictions_cover_both_presets_links_and_world_sizes(bench):
@@ -109,3 +111,40 @@ def test_gpu_mode_code_path_runs_on_the_cpu_in_bf16(tmp_path):
     for r in rows:
         assert r["dtype"] == "bfloat16" and r["batch_size"] == 2 and r["sample_batch"] == 2
         assert 35e6 < r["params"] < 42e6 and r["fwd_flops_per_img"] > 1e10  # the ~38M cifar preset at 32 px
+
+
+def test_quick_time_to_quality_ablations_and_busy_machine_rows(tmp_path, bench):
+    """The ttq section writes one row per recipe and seed plus the diffusers baseline, each judged
+    against its targets; the ablations one row per lever; the busy section times every thread count
+    idle and with a core kept busy."""
+    out = tmp_path / "bench.jsonl"
+    run = subprocess.run([sys.executable, str(BENCH), "--quick", "--only", "ttq,ablations,busy", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    ttq = [r for r in rows if r["section"] == "ttq"]
+    assert [(r["model"], r["variant"]) for r in ttq] == [("ddpm_lib", "learner"), ("ddpm_lib", "default"),
+                                                         ("diffusers", "default")]
+    assert ttq[0]["targets"] == {"class_accuracy": 0.95}
+    assert ttq[1]["targets"] == ttq[2]["targets"] == {"class_accuracy": 0.99, "fid_ratio": 1.3}
+    for r in ttq:
+        assert r["curve"] and r["steps"] == r["curve"][-1]["step"] > 0 and r["final_fid_real"] > 0
+        assert 0 <= r["final_class_accuracy"] <= 1 and r["trained_s"] > 0 and r["eval_samples"] == 20
+        met = [c for c in r["curve"] if c["class_accuracy"] >= r["targets"]["class_accuracy"]
+               and c["fid"] <= r["targets"].get("fid_ratio", float("inf")) * c["fid_real"]]
+        assert (r["reached_s"] is None) == (not met)  # reached exactly when a judged point met every target
+    ablations = [r for r in rows if r["section"] == "ablations"]
+    assert [r["variant"] for r in ablations] == ["default", *list(bench.LEVER_ABLATIONS)[:2]]
+    assert ablations[1]["overrides"] == bench.LEVER_ABLATIONS[ablations[1]["variant"]]
+    busy = [r for r in rows if r["section"] == "busy"]
+    assert {r["condition"] for r in busy} == {"idle", "one core busy"}
+    assert sum(r["library_default"] for r in busy) == 2 and all(r["train_img_per_s"] > 0 for r in busy)
+    assert "time to quality" in run.stdout and "levers (the default recipe" in run.stdout and "busy machine" in run.stdout
+
+
+def test_meets_needs_every_target(bench):
+    point = {"class_accuracy": 0.99, "fid": 0.13, "fid_real": 0.1}
+    assert bench.meets(point, {"class_accuracy": 0.99, "fid_ratio": 1.3})
+    assert not bench.meets(point, {"class_accuracy": 0.995})
+    assert not bench.meets({**point, "fid": 0.14}, {"class_accuracy": 0.99, "fid_ratio": 1.3})
+    assert bench.meets({**point, "fid": 5.0}, {"class_accuracy": 0.95})  # no FID target
