@@ -125,7 +125,8 @@ def test_the_scanner_catches_drifted_defaults_and_passes_true_ones():
     assert not wrong_defaults("By default $\\eta$ = 0.5. With `--set sample.eta=0` it is deterministic.")
     assert not wrong_defaults("Train once with `train.ema_sync_every=0` and once with the default.")
     assert not wrong_defaults("Here $p_\\text{uncond}$ (`diffusion.p_uncond`, 0.1 by default) is the dropout.")
-    assert not wrong_defaults("The default guidance scale $s$ = 2 is a compromise; `train.ema_decay = 0.999`, the default.")
+    assert not wrong_defaults("The default guidance scale $s$ = 1.25 is a compromise; `train.ema_decay = 0.999`, the default.")
+    assert wrong_defaults("The default guidance scale $s$ = 2 is a compromise.")[0][:2] == ("sample.guidance_scale", "2")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "lessons").glob("*.md")) + NOTEBOOKS + [ROOT / "README.md"],
