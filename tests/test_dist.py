@@ -208,7 +208,7 @@ def test_launch_raises_with_the_tail_of_output(tmp_path):
                env={"PYTHONPATH": str(ROOT)}, cwd=ROOT, echo=False)
     assert err.value.returncode != 0
     assert err.value.errors == ["error: unknown preset 'digitz' (did you mean 'digits'?); available: "
-                                "animals10, base, digits, digits_quick, dtd_filtered, dtd_full, textures\n"]
+                                "animals10, base, digits, digits_quick, dtd_filtered, dtd_full, learner, textures\n"]
     assert "unknown preset 'digitz'" in str(err.value) and len(err.value.tail) <= 40
 
 
