@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, config_from_dict
+from .config import Config, config_from_dict, saved_config
 from .errors import DDPMError, writing
 from .unet import ConditionalUNet, build_unet
 
@@ -193,7 +193,7 @@ def load_run(run_dir: str | Path, weights: str = "ema") -> tuple[ConditionalUNet
         ckpt["step"] = ckpt["state"]["step"]
         state = ckpt["ema"]["model"] if weights == "snapshot-ema" else ckpt["model"]
     try:
-        cfg = config_from_dict(ckpt["config"])
+        cfg = config_from_dict(saved_config(ckpt["config"]))
     except DDPMError as err:
         raise DDPMError(f"{path} holds an invalid config: {err}") from None
     names, in_channels = ckpt["class_names"], ckpt["in_channels"]

@@ -159,6 +159,27 @@ def load_config(preset: str | Path = "base", overrides: list[str] | tuple[str, .
     return config_from_dict(raw)
 
 
+# Keys added after runs were first saved, with the value that reproduces how those runs were trained.
+# A checkpoint's config holds every key of its time, so one that lacks such a key predates it; read
+# with today's default (v-prediction) an eps-trained network would sample noise.
+VALUE_BEFORE_KEY_EXISTED = {"diffusion.prediction": "eps", "diffusion.loss_weight": "uniform",
+                            "diffusion.min_snr_gamma": 5.0, "diffusion.t_sampling": "uniform",
+                            "diffusion.zero_terminal_snr": False}
+
+
+def saved_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config dict with :data:`VALUE_BEFORE_KEY_EXISTED` filled in where it lacks a key
+    (anything but a dict is returned as it is, for :func:`config_from_dict` to refuse)."""
+    if not isinstance(raw, dict):
+        return raw
+    raw = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
+    for dotted, value in VALUE_BEFORE_KEY_EXISTED.items():
+        section, name = dotted.split(".")
+        if isinstance(raw.get(section), dict):
+            raw[section].setdefault(name, value)
+    return raw
+
+
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Validate a nested dict (as read from YAML or a checkpoint) into a :class:`Config`."""
     cfg = _build(Config, raw, prefix="")

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (atomic_save, atomic_write_bytes, ema_payload, is_temp_file_of, load_checkpoint,
                          remove_stale_temp_files)
-from .config import Config, config_yaml, diff_configs, load_config
+from .config import Config, config_yaml, diff_configs, load_config, saved_config
 from .data import load_data
 from .diffusion import diffusion_loss
 from .dist import (DistEnv, any_rank, barrier, broadcast_module_, distributed, exit_worker_if_distributed,
@@ -199,7 +199,7 @@ def inspect_run_dir(run_dir: Path, cfg: Config, resume: str) -> dict | None:
         if not isinstance(snapshot.get("state"), dict) or "rng" not in snapshot:
             raise DDPMError(f"{snapshot_path} is not a training snapshot (no 'state' or 'rng' entry); "
                             f"choose another --run-dir")
-        changed = incompatible_keys(snapshot["config"], cfg)
+        changed = incompatible_keys(saved_config(snapshot["config"]), cfg)
         if changed:
             raise DDPMError(f"{snapshot_path} was trained with a different config ({', '.join(changed)} differ); "
                             f"use a new --run-dir or the original settings")

@@ -253,3 +253,18 @@ def test_cli_turns_an_unexpected_os_error_into_one_line(tmp_path, capsys, monkey
         main()
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and "x.txt" in err and "DDPM_DEBUG" in err
+
+
+def test_a_run_saved_before_prediction_existed_loads_as_eps(trained_run, tmp_path):
+    """Checkpoints from before diffusion.prediction existed were eps-trained; today's default (v) must not apply."""
+    import shutil
+
+    old = tmp_path / "old_run"
+    shutil.copytree(trained_run, old)
+    for name in ("ema.pt", "snapshot.pt"):
+        ckpt = torch.load(old / name, weights_only=True)
+        del ckpt["config"]["diffusion"]["prediction"]
+        torch.save(ckpt, old / name)
+    assert load_run(old)[1].diffusion.prediction == "eps"
+    assert load_run(old, weights="snapshot-ema")[1].diffusion.prediction == "eps"
+    assert load_run(trained_run)[1].diffusion.prediction == "v"  # a run that saved the key keeps it

@@ -306,3 +306,20 @@ def test_planned_steps_complete_the_planned_epochs_on_any_world_size():
     # max_steps still caps, and a finished run plans no more steps
     assert planned_steps(state, n, 2, load_config("digits", ["train.epochs=8", "train.max_steps=130"])) == 130
     assert planned_steps(TrainState(step=224, epoch=7, seen=28 * 64), n, 1, cfg) == 224
+
+
+def test_resuming_a_run_saved_before_prediction_existed_names_the_one_real_difference(tmp_path):
+    """An old snapshot (no diffusion.* lever keys) was eps-trained: resumed with today's default (v) it is
+    refused naming diffusion.prediction alone, and with diffusion.prediction=eps it resumes."""
+    train = train_module.train
+    run = tmp_path / "old"
+    sets = [*TINY, "train.max_steps=4", "train.log_every=2", "diffusion.prediction=eps"]
+    train(load_config("digits", sets), run, progress=False, stop_after=2)
+    snap = torch.load(run / "snapshot.pt", weights_only=True)
+    for key in ("prediction", "loss_weight", "min_snr_gamma", "t_sampling", "zero_terminal_snr"):
+        del snap["config"]["diffusion"][key]
+    torch.save(snap, run / "snapshot.pt")
+    with pytest.raises(DDPMError, match=r"\(diffusion\.prediction differ\)"):
+        train(load_config("digits", sets[:-1]), run, progress=False)
+    train(load_config("digits", sets), run, progress=False)
+    assert (run / "ema.pt").exists()
