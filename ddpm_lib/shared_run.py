@@ -37,7 +37,7 @@ def shared_run(quick: bool = False, runs: str | Path = "../runs", device: str = 
     progress line every few seconds. ``overrides`` (``section.key=value``) change the preset
     (the tests shrink it). Returns the run directory.
     """
-    from .train import train
+    from .train import planned_steps_of, train
 
     folder, preset = SHARED[bool(quick)]
     run_dir = Path(runs) / folder
@@ -50,7 +50,6 @@ def shared_run(quick: bool = False, runs: str | Path = "../runs", device: str = 
           f"(notebooks 04, 05, 08, 09 and the explorer reuse it)", flush=True)
     started = time.time()
     if chunk:
-        from .train import planned_steps_of
         total = planned_steps_of(cfg)
         for stop in range(chunk, total + chunk, chunk):
             train(cfg, run_dir, progress=False, stop_after=min(stop, total))

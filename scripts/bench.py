@@ -470,7 +470,7 @@ def run_ablations(args, env: dict) -> list[dict]:
     for i in range(0, len(jobs), args.ablation_jobs):
         running = [start_ttq_job(args, "ablations", *job, threads=threads, per_class=args.ablation_per_class)
                    for job in jobs[i:i + args.ablation_jobs]]
-        rows += [finish_ttq_job(*job) for job in running]
+        rows += [finish_ttq_job(*job, env=env) for job in running]
     for row in rows:
         row["side_by_side_jobs"] = args.ablation_jobs
     return rows
@@ -496,12 +496,12 @@ def start_ttq_job(args, section: str, model: str, variant: str, preset: str, set
     return subprocess.Popen(cmd), tmp, out, meta
 
 
-def finish_ttq_job(proc, tmp, out, meta, env: dict | None = None) -> dict:
+def finish_ttq_job(proc, tmp, out, meta, env: dict) -> dict:
     with tmp:
         if proc.wait() != 0:
             raise SystemExit(f"error: the {meta['section']} run {meta['variant']!r} failed (exit {proc.returncode})")
         row = json.loads(out.read_text())
-    return {**meta, **(env or {}), **row}
+    return {**meta, **env, **row}
 
 
 def _ttq_ratio(ours_rows: list[dict] | dict, theirs_row: dict) -> dict:
@@ -676,7 +676,7 @@ def run_busy(args, env: dict) -> list[dict]:
             time.sleep(1.0)
         try:
             busy = busy_cores(0.5)
-            choice = default_threads(1)
+            choice = default_threads(1, busy)
             cases = [mode_case("ddpm_lib", ours, MODES["cpu"], torch.device("cpu"), 64, threads=n, channels_last=True,
                                fused=True, variant=f"{n} threads") for n in range(cores, 0, -1)]
             timings = measure(cases, args.repeats, args.train_iters, args.sample_iters, sample=False)
@@ -1043,7 +1043,7 @@ def main(argv=None) -> None:
         elif section == "ttq":
             rows = run_ttq(args, env)
         elif section == "ablations":
-            rows = [{**env, **row, "threads": row["threads"]} for row in run_ablations(args, env)]
+            rows = run_ablations(args, env)
         elif section == "busy":
             rows = run_busy(args, env)
         else:
